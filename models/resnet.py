@@ -1,0 +1,78 @@
+"""ResNet-18 stem and layer1-3, with torchvision's parameter names, and its ImageNet weights.
+
+torchvision cannot be imported on CPU-only installs here, so the few layers we need are defined
+again; the parameter names equal torchvision's (and the official RegAD checkpoint's), so a
+torchvision state dict loads by key.
+"""
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UserError
+
+RESNET18_FILES = ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth")
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+def conv3x3(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def make_layer(inplanes, planes, stride, blocks=2):
+    layers = [BasicBlock(inplanes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def resnet18_stages():
+    """(stem modules by name, [layer1, layer2, layer3], stage channels) of ResNet-18."""
+    stem = {
+        "conv1": nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False),
+        "bn1": nn.BatchNorm2d(64),
+        "relu": nn.ReLU(inplace=True),
+        "maxpool": nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    }
+    stages = [make_layer(64, 64, 1), make_layer(64, 128, 2), make_layer(128, 256, 2)]
+    return stem, stages, (64, 128, 256)
+
+
+def find_resnet18_weights(path=None):
+    """The torchvision ResNet-18 ImageNet state dict: explicit path, torch hub cache, or download."""
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"--backbone_weights '{path}' does not exist; pass the path of {RESNET18_FILES[0]}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in RESNET18_FILES:
+        if (hub_dir / name).is_file():
+            return torch.load(hub_dir / name, map_location="cpu", weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(RESNET18_URL, map_location="cpu", progress=False)
+    except Exception:  # offline: fall through to the one-line instruction below
+        pass
+    raise UserError(
+        f"ImageNet ResNet-18 weights not found: put {RESNET18_FILES[0]} (from {RESNET18_URL}) into {hub_dir} "
+        "or pass --backbone_weights PATH (or --backbone_weights random, or --backbone efficientnet_lite0)")

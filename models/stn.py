@@ -1,0 +1,154 @@
+"""Feature registration network: backbone stages, each followed by a spatial transformer (STN).
+
+Parameter names equal the official RegAD checkpoint's 'STN' entry (conv1, bn1, layer1-3, stn1-3)
+for the ResNet-18 backbone, so official checkpoints load with strict=True.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.efficientnet_lite import MEAN as LITE_MEAN, STD as LITE_STD, VARIANTS as LITE_VARIANTS
+from models.efficientnet_lite import efficientnet_lite_stages
+from models.resnet import conv3x3, resnet18_stages
+
+# Number of regressed parameters and their identity values, per mode (as in the paper's code).
+STN_MODES = {
+    "affine": (1, 0, 0, 0, 1, 0),
+    "translation": (0, 0),
+    "rotation": (0,),
+    "scale": (1, 1),
+    "shear": (0, 0),
+    "rotation_scale": (0, 1, 1),
+    "translation_scale": (0, 0, 1, 1),
+    "rotation_translation": (0, 0, 0),
+    "rotation_translation_scale": (0, 0, 0, 1, 1),
+}
+
+
+def params_to_theta(params, mode):
+    """Regressed STN parameters [B, n] -> affine matrices [B, 2, 3] (the paper's parameterisation)."""
+    if mode == "affine":
+        return params.view(-1, 2, 3)
+    one, zero = torch.ones_like(params[:, 0]), torch.zeros_like(params[:, 0])
+    sx = sy = one
+    tx = ty = shx = shy = zero
+    angle = None
+    p = params.unbind(1)
+    if mode == "translation":
+        tx, ty = p
+    elif mode == "rotation":
+        angle = p[0]
+    elif mode == "scale":
+        sx, sy = p
+    elif mode == "shear":
+        shx, shy = p
+    elif mode == "rotation_scale":
+        angle, sx, sy = p
+    elif mode == "translation_scale":
+        tx, ty, sx, sy = p
+    elif mode == "rotation_translation":
+        angle, tx, ty = p
+    elif mode == "rotation_translation_scale":
+        angle, tx, ty, sx, sy = p
+    if angle is not None:  # scale multiplies only the diagonal, exactly as the official code does
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        row0 = torch.stack([cos * sx, -sin, tx], 1)
+        row1 = torch.stack([sin, cos * sy, ty], 1)
+    else:
+        row0 = torch.stack([sx, shx, tx], 1)
+        row1 = torch.stack([shy, sy, ty], 1)
+    return torch.stack([row0, row1], 1)
+
+
+def warp(x, theta):
+    """Resample feature maps with affine matrices, reflection padding (as the paper's code)."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+
+
+def invert_theta(theta):
+    """Inverse of [B, 2, 3] affine matrices, on the tensor's own device (batched 3x3 inverse)."""
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=theta.dtype, device=theta.device).expand(theta.shape[0], 1, 3)
+    return torch.linalg.inv(torch.cat([theta, bottom], 1))[:, :2]
+
+
+def pooled_size(size):
+    """Side after the STN's two 3x3/2 max-pools with padding 1."""
+    for _ in range(2):
+        size = (size - 1) // 2 + 1
+    return size
+
+
+class STNModule(nn.Module):
+    """Small conv net regressing an affine transform that warps its input feature map."""
+
+    def __init__(self, channels, feature_size, mode):
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Sequential(
+            conv3x3(channels, 64), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+            conv3x3(64, 16), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        identity = torch.tensor(STN_MODES[mode], dtype=torch.float32)
+        self.fc = nn.Sequential(
+            nn.Linear(16 * pooled_size(feature_size) ** 2, 1024), nn.ReLU(True),
+            nn.Linear(1024, len(identity)))
+        nn.init.zeros_(self.fc[2].weight)  # start at the identity transform
+        with torch.no_grad():
+            self.fc[2].bias.copy_(identity)
+
+    def forward(self, x):
+        theta = params_to_theta(self.fc(self.conv(x).flatten(1)), self.mode)
+        return warp(x, theta), theta
+
+
+BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite2")
+
+
+def backbone_stages(name):
+    if name == "resnet18":
+        return resnet18_stages()
+    return efficientnet_lite_stages(name)
+
+
+def backbone_normalisation(name):
+    """Input normalisation: none for resnet18 (the paper's code feeds [0, 1] images), TF's for Lite."""
+    if name in LITE_VARIANTS:
+        return LITE_MEAN, LITE_STD
+    return None
+
+
+class STNNet(nn.Module):
+    """Backbone layer1-3 with an STN after each; returns the last warped features and the
+    restored (inverse-warped back to the input frame) maps of all three stages."""
+
+    def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
+        super().__init__()
+        stem, layers, channels = backbone_stages(backbone)
+        self.stem_names = list(stem)
+        for name, module in stem.items():
+            self.add_module(name, module)
+        self.layer1, self.layer2, self.layer3 = layers
+        self.stage_channels = channels
+        sizes = [img_size // 4, img_size // 8, img_size // 16]
+        self.stn1, self.stn2, self.stn3 = [STNModule(c, s, stn_mode) for c, s in zip(channels, sizes)]
+        norm = backbone_normalisation(backbone)
+        self.normalise = norm is not None
+        if self.normalise:  # non-persistent: keeps the state dict identical to the official layout
+            self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        """x: images in [0, 1], [B, 3, H, W] -> (layer3 warped features, [restored stage maps])."""
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        for name in self.stem_names:
+            x = getattr(self, name)(x)
+        inverses, restored = [], []
+        for layer, stn in ((self.layer1, self.stn1), (self.layer2, self.stn2), (self.layer3, self.stn3)):
+            x, theta = stn(layer(x))
+            inverses.append(invert_theta(theta.detach()))
+            back = x.detach()
+            for inverse in reversed(inverses):  # undo this stage's warp, then the earlier ones
+                back = warp(back, inverse)
+            restored.append(back)
+        return x, restored

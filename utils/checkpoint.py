@@ -72,3 +72,10 @@ def load_model(checkpoint, requested, backbone_weights=None):
         raise UserError(f"checkpoint '{checkpoint}' does not fit {describe(config)}; "
                         "pass --backbone/--stn_mode/--img_size matching the checkpoint")
     return model.eval(), {**config, **meta, "checkpoint": str(checkpoint)}
+
+
+def checkpoint_path(save_dir, stn_mode, shot, obj, selected_on_test=False):
+    """The official layout save_checkpoints/<stn_mode>/<shot>/<obj>/<obj>_<shot>_<stn_mode>_model.pt;
+    a test-selected model gets its own name so it never replaces the honest last-epoch one."""
+    suffix = "_selected_on_test" if selected_on_test else ""
+    return Path(save_dir) / stn_mode / str(shot) / obj / f"{obj}_{shot}_{stn_mode}_model{suffix}.pt"

@@ -1,0 +1,179 @@
+"""Fixed support sets: the paper scores each (category, K) on the same 10 support sets for every method.
+
+The official code ships them as tensors (support_set/<category>/<K>_10.pt) on a file host; we ship JSON
+lists of train/good file names, generated reproducibly from a seed, and read both formats:
+
+    python -m datasets.support_set --data_path ../shared/data/mvtec-mini --shots 2 4 8 --rounds 10 --seed 668
+"""
+import argparse
+import json
+import random
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from datasets.mvtec import discover_categories, get_category, load_image
+from utils.cli import run_main
+from utils.errors import UserError
+from utils.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def support_file(folder, dataset, category, shot, rounds):
+    return Path(folder) / dataset / category / f"{shot}_{rounds}.json"
+
+
+def default_support_path(repo_root, dataset, category, shot, rounds):
+    """The committed file: <repo>/support_set/<dataset>/<category>/<K>_<rounds>.json."""
+    return support_file(Path(repo_root) / "support_set", dataset, category, shot, rounds)
+
+
+def generate_support_sets(train_names, shot, rounds, seed, category):
+    """rounds sorted lists of shot distinct names. Seeded with a stable hash (not hash(), which changes
+    between runs) so the same (seed, category, K) gives the same sets on every machine."""
+    if shot > len(train_names):
+        raise UserError(f"K={shot} is larger than the {len(train_names)} normal training images of {category}; "
+                        f"use --shot {len(train_names)} or fewer")
+    if shot < 1 or rounds < 1:
+        raise UserError(f"K ({shot}) and the number of rounds ({rounds}) must be at least 1")
+    rng = random.Random(zlib.crc32(f"{seed}/{category}/{shot}".encode()))
+    pool = sorted(train_names)
+    return [sorted(rng.sample(pool, shot)) for _ in range(rounds)]
+
+
+def save_support_sets(path, dataset, category, shot, seed, sets):
+    """JSON with one round per line, so the committed files stay short and diffs readable."""
+    header = json.dumps({"dataset": dataset, "category": category, "shot": shot, "rounds": len(sets),
+                         "seed": seed}, indent=1)[:-2]  # drop the closing "\n}"
+    rows = ",\n  ".join(json.dumps(names) for names in sets)
+    atomic_write_text(path, f'{header},\n "sets": [\n  {rows}\n ]\n}}\n')
+
+
+def load_support_sets(path, category, img_size, shot=None):
+    """One uint8 [K, 3, img_size, img_size] tensor per round, from our JSON or an official <K>_10.pt.
+    shot, when given, must match the file's K."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"support set file '{path}' does not exist; create it with "
+                        f"python -m datasets.support_set --data_path DATA --shots {shot or 'K'}")
+    if path.suffix == ".json":
+        rounds = read_json_sets(path, category, img_size)
+    elif path.suffix == ".pt":
+        rounds = read_official_sets(path, img_size)
+    else:
+        raise UserError(f"support set file '{path}' must be a .json (ours) or an official .pt file")
+    if shot is not None and any(len(r) != shot for r in rounds):
+        raise UserError(f"'{path}' holds {len(rounds[0])}-shot support sets but K={shot} was asked; "
+                        f"pass the file for K={shot}")
+    return rounds
+
+
+def support_sets_for(category, shot, rounds, seed, dataset, img_size, explicit=None, root=REPO_ROOT):
+    """The support sets a run is scored on: the explicit file if given; else the committed JSON for
+    (dataset, category, K, rounds) when it was made with this seed; else the same sets generated from seed."""
+    if explicit:
+        sets = load_support_sets(explicit, category, img_size, shot=shot)
+        if len(sets) != rounds:
+            raise UserError(f"'{explicit}' holds {len(sets)} support sets but --rounds is {rounds}; "
+                            f"pass --rounds {len(sets)}")
+        return sets
+    dataset = dataset or category.root.resolve().parent.name
+    path = default_support_path(root, dataset, category.name, shot, rounds)
+    if path.is_file() and stored_seed(path) in (seed, None):  # None: unreadable, let the loader say why
+        return load_support_sets(path, category, img_size, shot=shot)
+    sets = generate_support_sets([p.name for p in category.train_images], shot, rounds, seed, category.name)
+    return decode_sets(sets, category, img_size)
+
+
+def stored_seed(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("seed")
+    except (ValueError, AttributeError):
+        return None
+
+
+def decode_sets(sets, category, img_size):
+    """Names of train/good images -> one uint8 [K, 3, S, S] tensor per round, each image decoded once."""
+    by_name = {p.name: p for p in category.train_images}
+    decoded = {name: load_image(by_name[name], img_size) for name in {n for names in sets for n in names}}
+    return [torch.stack([decoded[name] for name in names]) for names in sets]
+
+
+def read_json_sets(path, category, img_size):
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        sets = doc["sets"]
+        stored_category = doc["category"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"'{path}' is not a support set file (needs 'category' and 'sets'); regenerate it with "
+                        "python -m datasets.support_set")
+    if stored_category != category.name:
+        raise UserError(f"'{path}' holds support sets of {stored_category}, not {category.name}; "
+                        f"pass the file for {category.name}")
+    if not (isinstance(sets, list) and sets and all(isinstance(names, list) for names in sets)
+            and len({len(names) for names in sets}) == 1):
+        raise UserError(f"'{path}' must hold at least one round of names, all with the same K; regenerate it with "
+                        "python -m datasets.support_set")
+    known = {p.name for p in category.train_images}
+    missing = [name for names in sets for name in names if name not in known]
+    if missing:
+        raise UserError(f"support image '{missing[0]}' listed in '{path}' is not in "
+                        f"{category.root / 'train' / 'good'}; regenerate with python -m datasets.support_set")
+    return decode_sets(sets, category, img_size)
+
+
+def read_official_sets(path, img_size):
+    """The official tensors: [rounds][K, 3, H, W] float in [0, 1] (un-normalised); resized if H != img_size."""
+    try:
+        rounds = list(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise UserError(f"'{path}' cannot be read as an official support set ({type(exc).__name__}); "
+                        "pass an official <K>_10.pt file or one of our .json files")
+    if not rounds or not all(torch.is_tensor(r) and r.dim() == 4 and r.size(1) == 3 for r in rounds):
+        raise UserError(f"'{path}' must hold [rounds][K, 3, H, W] image tensors like the official <K>_10.pt")
+    converted = []
+    for images in rounds:
+        images = images.float()
+        if images.min() < 0 or images.max() > 1:
+            raise UserError(f"'{path}' holds values outside [0, 1] (normalised images?); "
+                            "pass the official un-normalised support tensors")
+        if images.shape[-2:] != (img_size, img_size):
+            images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", antialias=True,
+                                   align_corners=False).clamp(0, 1)
+        converted.append((images * 255).round().to(torch.uint8))
+    return converted
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the fixed support sets of every target category.")
+    parser.add_argument("--data_path", required=True, help="MVTec-layout folder (CAT/train/good, CAT/test)")
+    parser.add_argument("--dataset", help="name of the sub-folder of --out (default: the data folder's name)")
+    parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=668)
+    parser.add_argument("--out", default=str(REPO_ROOT / "support_set"))
+    parser.add_argument("--categories", nargs="+", help="default: every category with a test split")
+    args = parser.parse_args(argv)
+
+    dataset = args.dataset or Path(args.data_path).resolve().name
+    if args.categories:
+        categories = [get_category(args.data_path, name, need_test=True) for name in args.categories]
+    else:
+        categories = [c for c in discover_categories(args.data_path).values() if c.has_test]
+    for category in categories:
+        names = [p.name for p in category.train_images]
+        for shot in args.shots:
+            if shot > len(names):
+                print(f"skipping {category.name} K={shot}: only {len(names)} normal training images")
+                continue
+            sets = generate_support_sets(names, shot, args.rounds, args.seed, category.name)
+            path = support_file(args.out, dataset, category.name, shot, args.rounds)
+            save_support_sets(path, dataset, category.name, shot, args.seed, sets)
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_main(main)

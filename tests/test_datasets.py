@@ -1,0 +1,267 @@
+"""Data tests on the real mvtec-mini pack: discovery, test-set pairing, decoding, user errors,
+the training pair sampler and the fixed support sets."""
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets.mvtec import (discover_categories, get_category, list_test_set, load_image, load_images,
+                            load_mask)
+from datasets.sampler import PairSampler, training_pools
+from datasets.support_set import (default_support_path, generate_support_sets, load_support_sets, main,
+                                  save_support_sets, support_sets_for)
+from utils.cli import run_main
+from utils.errors import UserError
+from utils.io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ["bottle", "leather", "metal_plate", "pill", "screw", "transistor"]
+
+
+@pytest.fixture(scope="module")
+def categories(data_root):
+    return discover_categories(data_root)
+
+
+def small_copy(src, dst, test_folder, test_name):
+    """A one-category layout in dst: one real training image and one real test image."""
+    (dst / "train" / "good").mkdir(parents=True)
+    shutil.copy(src.train_images[0], dst / "train" / "good" / "000.jpg")
+    (dst / "test" / test_folder).mkdir(parents=True)
+    shutil.copy(src.train_images[1], dst / "test" / test_folder / test_name)
+    return dst
+
+
+# ---- discovery and the test set ----
+
+def test_discovery_finds_the_seven_categories(categories):
+    assert list(categories) == ["bottle", "cashew", "leather", "metal_plate", "pill", "screw", "transistor"]
+    assert [n for n, c in categories.items() if c.has_test] == TARGETS
+    assert [n for n, c in categories.items() if c.has_masks] == ["bottle", "leather", "metal_plate", "pill", "screw"]
+    assert {n: len(c.train_images) for n, c in categories.items()} == {
+        "bottle": 209, "cashew": 282, "leather": 4, "metal_plate": 54, "pill": 267, "screw": 320, "transistor": 213}
+    assert categories["bottle"].train_images == sorted(categories["bottle"].train_images)
+
+
+def test_bottle_test_set_labels_and_masks(categories):
+    items = list_test_set(categories["bottle"])
+    assert Counter(i.label for i in items) == {1: 63, 0: 20}
+    assert Counter(i.defect_type for i in items if i.label) == {"broken_large": 20, "broken_small": 22,
+                                                               "contamination": 21}
+    for item in items:
+        if item.label:
+            assert item.mask_path.is_file()
+            assert item.mask_path.parent.name == item.defect_type
+            assert item.mask_path.name == f"{item.path.stem}_mask.png"
+        else:
+            assert item.defect_type == "good" and item.mask_path is None
+
+
+def test_transistor_has_labels_but_no_masks(categories):
+    items = list_test_set(categories["transistor"])
+    assert Counter(i.label for i in items) == {1: 40, 0: 60}
+    assert all(i.mask_path is None for i in items)
+
+
+def test_images_are_uint8_rgb_and_masks_binary(categories):
+    rgb = load_image(categories["bottle"].train_images[0], 64)
+    grey = load_image(categories["screw"].train_images[0], 64)  # stored as single-channel JPEG
+    for image in (rgb, grey):
+        assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[0], grey[2])
+    assert load_images(categories["bottle"].train_images[:3], 32).shape == (3, 3, 32, 32)
+
+    defective = next(i for i in list_test_set(categories["bottle"]) if i.label)
+    mask = load_mask(defective.mask_path, 224)
+    assert mask.dtype == torch.bool and mask.shape == (224, 224)
+    assert 0 < mask.sum() < mask.numel()
+
+
+# ---- user errors ----
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(UserError, match="does not exist; pass --data_path"):
+        discover_categories(tmp_path / "nowhere")
+
+
+def test_folder_without_categories(tmp_path):
+    (tmp_path / "bottle" / "train").mkdir(parents=True)
+    with pytest.raises(UserError, match="no category found.*CAT/train/good"):
+        discover_categories(tmp_path)
+
+
+def test_unknown_category_lists_those_found(data_root):
+    with pytest.raises(UserError, match="unknown category 'bottel'.*found: bottle, cashew, leather"):
+        get_category(data_root, "bottel")
+
+
+def test_training_only_category_is_not_a_target(data_root):
+    assert not get_category(data_root, "cashew").has_test
+    with pytest.raises(UserError, match="'cashew' is training-only.*bottle, leather, metal_plate"):
+        get_category(data_root, "cashew", need_test=True)
+
+
+def test_shot_larger_than_the_normal_pool(categories):
+    names = [p.name for p in categories["leather"].train_images]
+    with pytest.raises(UserError, match="K=8 is larger than the 4 normal training images of leather; "
+                                        "use --shot 4 or fewer"):
+        generate_support_sets(names, 8, 10, 668, "leather")
+
+
+def test_corrupt_image_names_the_file(categories, tmp_path):
+    root = small_copy(categories["bottle"], tmp_path / "mine", "good", "000.jpg")
+    bad = root / "test" / "good" / "001.png"
+    bad.write_bytes(b"not an image at all")
+    category = discover_categories(tmp_path)["mine"]
+    items = list_test_set(category)
+    assert [i.path.name for i in items] == ["000.jpg", "001.png"]
+    with pytest.raises(UserError, match=re.escape(f"cannot read image '{bad}'")):
+        load_images([i.path for i in items], 32)
+
+
+def test_missing_mask_names_the_file(categories, tmp_path):
+    root = small_copy(categories["bottle"], tmp_path / "mine", "crack", "007.jpg")
+    (root / "ground_truth" / "crack").mkdir(parents=True)
+    with pytest.raises(UserError, match="ground_truth/crack/007_mask.png' of test image .* is missing"):
+        list_test_set(discover_categories(tmp_path)["mine"])
+
+
+# ---- training pair sampler ----
+
+def test_sampler_pairs(categories):
+    pools = training_pools(categories, "bottle")
+    sampler = PairSampler(pools, shot=4, batch_size=32, seed=668)
+    assert sampler.skipped == ["leather"]  # 4 images cannot give a query plus 4 other supports
+    batches = sampler.batches(epoch=0)
+    queries = {name: [] for name in sampler.pools}
+    for batch in batches:
+        assert batch.category != "bottle" and batch.category in sampler.pools
+        assert 1 <= len(batch.query_indices) <= 32 and len(batch.support_indices) == len(batch.query_indices)
+        for query, supports in zip(batch.query_indices, batch.support_indices):
+            assert len(supports) == 4 and len(set(supports)) == 4 and query not in supports
+            assert all(0 <= s < pools[batch.category] for s in supports)
+        queries[batch.category] += batch.query_indices
+    assert {name: sorted(q) for name, q in queries.items()} == {name: list(range(pools[name]))
+                                                                for name in sampler.pools}
+    assert len(batches) == sum(-(-pools[name] // 32) for name in sampler.pools)
+    assert [b.category for b in batches] != sorted(b.category for b in batches)  # categories interleaved
+
+
+def test_sampler_is_reproducible(categories):
+    pools = training_pools(categories, "screw")
+    first = PairSampler(pools, shot=2, batch_size=8, seed=1).batches(epoch=3)
+    assert PairSampler(pools, shot=2, batch_size=8, seed=1).batches(epoch=3) == first
+    assert PairSampler(pools, shot=2, batch_size=8, seed=2).batches(epoch=3) != first
+    assert PairSampler(pools, shot=2, batch_size=8, seed=1).batches(epoch=4) != first
+
+
+def test_sampler_keeps_small_pools_when_they_suffice_and_refuses_when_none_do(categories):
+    assert PairSampler(training_pools(categories, "bottle"), 2, 32, 0).skipped == []
+    with pytest.raises(UserError, match="no training category has more than 4 normal images"):
+        PairSampler({"leather": 4}, shot=4, batch_size=32, seed=0)
+
+
+# ---- fixed support sets ----
+
+def test_support_sets_are_deterministic(categories):
+    names = [p.name for p in categories["bottle"].train_images]
+    sets = generate_support_sets(names, 4, 10, 668, "bottle")
+    assert sets == generate_support_sets(list(reversed(names)), 4, 10, 668, "bottle")
+    assert sets != generate_support_sets(names, 4, 10, 669, "bottle")
+    assert all(len(s) == 4 and len(set(s)) == 4 and s == sorted(s) and set(s) <= set(names) for s in sets)
+
+
+def test_support_set_json_round_trip(categories, tmp_path):
+    bottle = categories["bottle"]
+    sets = generate_support_sets([p.name for p in bottle.train_images], 2, 3, 7, "bottle")
+    path = default_support_path(tmp_path, "mvtec-mini", "bottle", 2, 3)
+    save_support_sets(path, "mvtec-mini", "bottle", 2, 7, sets)
+    assert json.loads(path.read_text()) == {"dataset": "mvtec-mini", "category": "bottle", "shot": 2,
+                                            "rounds": 3, "seed": 7, "sets": sets}
+    rounds = load_support_sets(path, bottle, 32, shot=2)
+    by_name = {p.name: p for p in bottle.train_images}
+    for images, names in zip(rounds, sets, strict=True):
+        assert torch.equal(images, load_images([by_name[n] for n in names], 32))
+
+    with pytest.raises(UserError, match="holds 2-shot support sets but K=4 was asked"):
+        load_support_sets(path, bottle, 32, shot=4)
+    with pytest.raises(UserError, match="holds support sets of bottle, not screw"):
+        load_support_sets(path, categories["screw"], 32)
+    path.write_text(path.read_text().replace(sets[1][0], "999.jpg"))
+    with pytest.raises(UserError, match="'999.jpg' listed in .* regenerate"):
+        load_support_sets(path, bottle, 32)
+    with pytest.raises(UserError, match="does not exist; create it with python -m datasets.support_set"):
+        load_support_sets(tmp_path / "8_10.json", bottle, 32)
+
+
+def test_committed_support_sets(categories):
+    for name in TARGETS:
+        for shot in (2, 4, 8):
+            path = default_support_path(REPO, "mvtec-mini", name, shot, 10)
+            assert path.is_file() == (shot <= len(categories[name].train_images)), path
+    for path in sorted((REPO / "support_set" / "mvtec-mini").glob("*/*.json")):
+        doc = json.loads(path.read_text())
+        assert (doc["dataset"], doc["category"], f"{doc['shot']}_{doc['rounds']}.json") == \
+            ("mvtec-mini", path.parent.name, path.name)
+        rounds = load_support_sets(path, categories[doc["category"]], 32, shot=doc["shot"])
+        assert len(rounds) == 10 and all(r.shape == (doc["shot"], 3, 32, 32) for r in rounds)
+
+
+def test_cli_regenerates_the_committed_files(data_root, tmp_path, capsys):
+    main(["--data_path", str(data_root), "--dataset", "mvtec-mini", "--shots", "2", "8", "--out", str(tmp_path),
+          "--categories", "leather", "metal_plate"])
+    assert "skipping leather K=8" in capsys.readouterr().out
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
+    assert [str(p) for p in written] == ["mvtec-mini/leather/2_10.json", "mvtec-mini/metal_plate/2_10.json",
+                                         "mvtec-mini/metal_plate/8_10.json"]
+    for path in written:
+        assert (tmp_path / path).read_text() == (REPO / "support_set" / path).read_text()
+
+
+def test_support_sets_for_a_run(categories, tmp_path):
+    leather = categories["leather"]
+    committed = load_support_sets(default_support_path(REPO, "mvtec-mini", "leather", 2, 10), leather, 32)
+    assert all(map(torch.equal, support_sets_for(leather, 2, 10, 668, "mvtec-mini", 32, root=REPO), committed))
+    # no committed file (e.g. a user's dataset): the same sets are generated from the seed
+    generated = support_sets_for(leather, 2, 10, 668, "mine", 32, root=tmp_path)
+    assert all(map(torch.equal, generated, committed))
+    assert not all(map(torch.equal, support_sets_for(leather, 2, 10, 1, "mvtec-mini", 32, root=REPO), committed))
+    with pytest.raises(UserError, match="holds 10 support sets but --rounds is 5; pass --rounds 10"):
+        support_sets_for(leather, 2, 5, 668, None, 32,
+                         explicit=default_support_path(REPO, "mvtec-mini", "leather", 2, 10))
+
+
+def test_official_pt_support_sets(categories, tmp_path):
+    images = torch.rand(3, 2, 3, 48, 48)  # [rounds, K, 3, H, W] float in [0, 1], like <K>_10.pt
+    torch.save(images, tmp_path / "2_3.pt")
+    rounds = load_support_sets(tmp_path / "2_3.pt", categories["bottle"], 48, shot=2)
+    assert len(rounds) == 3 and all(r.dtype == torch.uint8 and r.shape == (2, 3, 48, 48) for r in rounds)
+    assert (rounds[1].float() / 255 - images[1]).abs().max() <= 0.5 / 255 + 1e-6
+
+    torch.save(list(images), tmp_path / "list.pt")  # a list of [K, 3, H, W] tensors also works, and is resized
+    assert all(r.shape == (2, 3, 32, 32) for r in load_support_sets(tmp_path / "list.pt", categories["bottle"], 32))
+
+    torch.save((images - 0.45) / 0.225, tmp_path / "normalised.pt")
+    with pytest.raises(UserError, match="outside \\[0, 1\\]"):
+        load_support_sets(tmp_path / "normalised.pt", categories["bottle"], 48)
+
+
+# ---- entry-point plumbing ----
+
+def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(["--data_path", str(tmp_path / "nowhere")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data folder") and err.count("\n") == 1
+
+
+def test_atomic_write_creates_folders_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "a" / "b" / "out.json"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["out.json"]

@@ -1,0 +1,70 @@
+"""Command-line pieces shared by train.py, test.py and predict.py. A user's mistake (UserError) becomes
+one 'error: ...' line and exit code 2, like argparse's own errors; real bugs still raise with a traceback."""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors (unknown option, invalid choice) on one line, like ours."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def run_main(main):
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_data_args(parser):
+    parser.add_argument("--data_path", required=True, help="MVTec-layout folder (CAT/train/good, CAT/test/...)")
+    parser.add_argument("--dataset", help="name for support_set/<dataset>/ (default: the data folder's name)")
+
+
+def add_model_args(parser, defaults=False):
+    """Network options. Without defaults, None means 'take it from the checkpoint'."""
+    from models.stn import BACKBONES, STN_MODES
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18" if defaults else None,
+                        help="default resnet18 (the paper's), or the checkpoint's")
+    parser.add_argument("--backbone_weights", help="resnet18 ImageNet state dict (resnet18-f37072fd.pth); "
+                                                   "'random' for a random init")
+    parser.add_argument("--stn_mode", choices=list(STN_MODES), default="rotation_scale" if defaults else None)
+    parser.add_argument("--img_size", type=int, default=224 if defaults else None)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="queries per training batch (the paper: 32); images per forward pass when testing")
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N")
+
+
+def check_writable_dir(folder):
+    """Fail before any compute if outputs cannot be written (creates the folder)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder '{folder}' ({exc.strerror}); choose a writable location")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output folder '{folder}' is not writable; choose a writable location")
+
+
+def check_output_prefix(prefix):
+    check_writable_dir(Path(prefix).parent)

@@ -1,0 +1,63 @@
+"""The paper's test protocol on one category: for each fixed support set, fit, score every test image,
+and compute the metrics. Shared by test.py, train.py (--select_on_test) and bench/run_table.py."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datasets.mvtec import list_test_set, load_images, load_mask
+from utils.metrics import aupro, f1_max, image_auroc, pixel_auroc
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+@dataclass
+class TestData:
+    """A category's test split, decoded once: uint8 images, labels, binary masks (None without masks)."""
+    items: list
+    images: torch.Tensor
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+
+def load_test_data(category, img_size, progress=False):
+    items = list_test_set(category)
+    images = load_images([item.path for item in items], img_size, progress=progress)
+    labels = np.array([item.label for item in items])
+    masks = None
+    if category.has_masks:
+        empty = torch.zeros(img_size, img_size, dtype=torch.bool)
+        masks = np.stack([(load_mask(i.mask_path, img_size) if i.mask_path else empty).numpy() for i in items])
+    return TestData(items, images, labels, masks)
+
+
+def round_metrics(maps, test):
+    """Metrics of one support round; pixel metrics are None for categories without masks."""
+    scores = maps.reshape(len(maps), -1).max(1)
+    result = {"image_auroc": image_auroc(test.labels, scores), "image_f1_max": f1_max(test.labels, scores),
+              "pixel_auroc": None, "aupro": None}
+    if test.masks is not None:
+        result["pixel_auroc"] = pixel_auroc(test.masks, maps)
+        result["aupro"] = aupro(test.masks, maps)
+    return result
+
+
+def summarise(rounds):
+    """Mean and std (over rounds, ddof=0) per metric; None where the metric does not exist."""
+    summary = {}
+    for metric in METRICS:
+        values = [r[metric] for r in rounds if r[metric] is not None]
+        summary[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else None
+    return summary
+
+
+def evaluate(scorer, test, support_sets, on_round=None):
+    """Run every support round; test embeddings are computed once, since only the fitted model changes."""
+    embeddings = scorer.embed(test.images)
+    rounds = []
+    for index, support in enumerate(support_sets):
+        maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1]).numpy()
+        rounds.append(round_metrics(maps, test))
+        if on_round:
+            on_round(index, rounds[-1], maps)
+    return {"rounds": rounds, "summary": summarise(rounds)}

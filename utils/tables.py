@@ -1,0 +1,34 @@
+"""Paper-style Markdown tables (rows: categories, columns: K) from a test.py report."""
+import numpy as np
+
+from utils.evaluation import METRICS
+
+TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR <= 0.3)",
+          "image_f1_max": "Image F1-max"}
+
+
+def markdown_tables(report):
+    """One table per metric; cells are mean +- std over the support rounds, in percent."""
+    results = report["results"]
+    shots = sorted({int(k) for per_cat in results.values() for k in per_cat})
+    lines = [f"Backbone {report.get('backbone')}, stn_mode {report.get('stn_mode')}, "
+             f"img_size {report.get('img_size')}; {report.get('protocol')}; {report['rounds']} support rounds, "
+             f"seed {report['seed']}; code {report['code_version']}.", f"Command: `{report['command']}`", ""]
+    for metric in METRICS:
+        rows, column_means = [], {k: [] for k in shots}
+        for name, per_cat in results.items():
+            cells = []
+            for k in shots:
+                summary = per_cat.get(str(k), {}).get("summary", {}).get(metric)
+                if summary is None:
+                    cells.append("n/a")
+                    continue
+                column_means[k].append(summary["mean"])
+                cells.append(f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}")
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        if not any(column_means.values()):
+            continue
+        mean_cells = [f"{100 * np.mean(v):.1f}" if v else "n/a" for v in column_means.values()]
+        lines += [f"### {TITLES[metric]}", "", "| category | " + " | ".join(f"K={k}" for k in shots) + " |",
+                  "|---|" + "---|" * len(shots), *rows, "| **mean** | " + " | ".join(mean_cells) + " |", ""]
+    return "\n".join(lines)

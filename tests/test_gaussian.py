@@ -1,0 +1,74 @@
+"""Batched Gaussian fit + Mahalanobis against the official per-position, per-image loop."""
+import pytest
+import torch
+
+from utils.gaussian import Gaussian, fit_gaussian, mahalanobis
+
+
+def naive_distances(support, test):
+    """The official code's algorithm: covariance + 0.01*I and its inverse per position, one dot per image."""
+    n, c, h, w = support.shape
+    support, test = support.double().flatten(2), test.double().flatten(2)
+    out = torch.zeros(test.shape[0], h * w, dtype=torch.float64)
+    for i in range(h * w):
+        mean = support[:, :, i].mean(0)
+        cov_inv = torch.linalg.inv(torch.cov(support[:, :, i].T) + 0.01 * torch.eye(c, dtype=torch.float64))
+        for j, sample in enumerate(test[:, :, i]):
+            delta = sample - mean
+            out[j, i] = torch.sqrt(delta @ cov_inv @ delta)
+    return out.view(-1, h, w)
+
+
+def random_features(n, c, size, b, seed):
+    """Correlated, offset features (like CNN activations), so the covariance is far from identity."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g) / c**0.5
+    support = torch.einsum("dc,nchw->ndhw", mix, torch.randn(n, c, size, size, generator=g)) + 1.5
+    test = torch.einsum("dc,nchw->ndhw", mix, 1.3 * torch.randn(b, c, size, size, generator=g)) + 1.5
+    return support, test
+
+
+@pytest.mark.parametrize("n, c", [(44, 24), (10, 24)])  # N < C: only the 0.01*I term makes Sigma invertible
+def test_matches_naive_loop(n, c):
+    support, test = random_features(n, c, 6, 5, seed=n)
+    model = fit_gaussian(support)
+    out = mahalanobis(model, test)
+    assert out.dtype == torch.float32 and out.shape == (5, 6, 6)
+    expected = naive_distances(support, test)
+    assert torch.allclose(out.double(), expected, rtol=1e-4, atol=0)
+
+
+def test_stored_factor_is_lower_triangular_inverse_cholesky():
+    support, _ = random_features(20, 8, 3, 1, seed=1)
+    model = fit_gaussian(support)
+    assert model.mean.shape == (9, 8) and model.inv_chol.shape == (9, 8, 8) and model.shape == (3, 3)
+    assert torch.equal(model.inv_chol, model.inv_chol.tril())
+    x = support.double().flatten(2)[:, :, 4]
+    precision = torch.linalg.inv(torch.cov(x.T) + 0.01 * torch.eye(8, dtype=torch.float64))
+    w = model.inv_chol[4].double()
+    assert torch.allclose(w.T @ w, precision, rtol=1e-5, atol=1e-5)
+
+
+def test_chunking_does_not_change_the_result():
+    support, test = random_features(30, 16, 5, 4, seed=2)
+    whole = fit_gaussian(support)
+    reference = mahalanobis(whole, test)
+    for chunk in (1, 7, 25):
+        chunked = fit_gaussian(support, chunk=chunk)
+        assert torch.allclose(chunked.inv_chol, whole.inv_chol, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(mahalanobis(chunked, test, chunk=chunk), reference, rtol=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    support, test = random_features(12, 8, 4, 3, seed=3)
+    model = fit_gaussian(support)
+    torch.save(model.state_dict(), tmp_path / "gaussian.pt")
+    loaded = Gaussian.from_dict(torch.load(tmp_path / "gaussian.pt", weights_only=True))
+    assert loaded.shape == (4, 4)
+    assert torch.equal(mahalanobis(loaded, test), mahalanobis(model, test))
+
+
+def test_rejects_mismatched_features():
+    support, test = random_features(12, 8, 4, 3, seed=4)
+    with pytest.raises(ValueError):
+        mahalanobis(fit_gaussian(support), test[:, :4])

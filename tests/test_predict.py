@@ -1,0 +1,195 @@
+"""predict.py and test.py --save_maps end to end on real bottle images (CPU, efficientnet_lite0 at 96 px so
+the module stays well under a minute). Each CLI call runs once, in a module-scoped fixture."""
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--backbone", "efficientnet_lite0", "--img_size", "96", "--device", "cpu"]
+# one thread: on a shared 2-core machine OpenMP spinning makes the default several times slower
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+GOOD = ["good/000.jpg", "good/001.jpg", "good/002.jpg", "good/003.jpg"]
+DEFECTIVE = ["broken_large/000.jpg", "broken_large/001.jpg", "contamination/000.jpg", "contamination/001.jpg"]
+
+
+def run_ok(script, *args):
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                            cwd=ROOT, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def read_scores(folder):
+    with open(folder / "scores.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def printed_threshold(stdout):
+    """The threshold on predict.py's final 'scored ... at threshold X' line (3 decimals)."""
+    return float(re.search(r"at threshold (-?\d+\.\d+)", stdout).group(1))
+
+
+def saved_info(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["info"]
+
+
+def assert_valid_png(path):
+    """A real, decodable figure of the expected shape (three panels side by side), not a blank canvas."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        image.verify()
+    with Image.open(path) as image:
+        image.load()
+        width, height = image.size
+        low, high = image.convert("L").getextrema()
+    assert 400 <= width <= 2000 and 150 <= height <= 1000 and width > 2 * height, (path, image.size)
+    assert high - low > 50, f"{path} is nearly uniform"
+
+
+@pytest.fixture(scope="module")
+def bottle(data_root):
+    return data_root / "bottle"
+
+
+@pytest.fixture(scope="module")
+def support(bottle):
+    return [bottle / "train" / "good" / f"{i:03d}.jpg" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def images(bottle, tmp_path_factory):
+    """4 good + 4 defective test images copied under distinct names, plus one undecodable file."""
+    folder = tmp_path_factory.mktemp("images")
+    for name in GOOD + DEFECTIVE:
+        shutil.copy(bottle / "test" / name, folder / name.replace("/", "_"))
+    (folder / "broken.png").write_bytes(b"\x00not a png at all\xff" * 20)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted(support, images, tmp_path_factory):
+    """Fit on the support images, score the folder, save the fit."""
+    work = tmp_path_factory.mktemp("fitted")
+    result = run_ok("predict.py", "--support", *support, "--images", images, "--out", work / "out",
+                    "--save_model", work / "fit.pt", *FAST)
+    return {"result": result, "out": work / "out", "model": work / "fit.pt"}
+
+
+@pytest.fixture(scope="module")
+def reloaded(fitted, images, tmp_path_factory):
+    """Score the same folder from the saved fit, without support images."""
+    out = tmp_path_factory.mktemp("reloaded") / "out"
+    return {"result": run_ok("predict.py", "--model", fitted["model"], "--images", images, "--out", out,
+                             "--device", "cpu"), "out": out}
+
+
+@pytest.fixture(scope="module")
+def refitted(support, bottle, tmp_path_factory):
+    """A fresh fit on the same support, scoring a different set of images."""
+    work = tmp_path_factory.mktemp("refitted")
+    others = [bottle / "test" / "broken_small" / "000.jpg", bottle / "test" / "good" / "000.jpg"]
+    result = run_ok("predict.py", "--support", *support, "--images", *others, "--out", work / "out",
+                    "--save_model", work / "fit.pt", *FAST)
+    return {"result": result, "out": work / "out", "model": work / "fit.pt"}
+
+
+@pytest.fixture(scope="module")
+def saved_maps(data_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("maps")
+    run_ok("test.py", "--obj", "bottle", "--checkpoint", "none", "--rounds", "1", "--shot", "2",
+           "--data_path", data_root, "--out", work / "r", "--save_maps", work / "maps", *FAST)
+    return work / "maps" / "bottle" / "k2"
+
+
+def test_predict_scores_every_readable_image_and_names_the_corrupt_one(fitted, images):
+    """A bad file among many must not abort the run, must be reported, and must not get a row."""
+    assert fitted["result"].returncode == 0
+    assert "broken.png" in fitted["result"].stderr
+    fields, rows = read_scores(fitted["out"])
+    assert fields == ["file", "score", "decision"]
+    expected = sorted(str(p) for p in images.iterdir() if p.name != "broken.png")
+    assert len(rows) == 8 and sorted(r["file"] for r in rows) == expected
+    threshold = saved_info(fitted["model"])["threshold"]
+    for row in rows:
+        assert np.isfinite(float(row["score"])) and float(row["score"]) > 0, row
+        assert row["decision"] == ("anomalous" if float(row["score"]) > threshold else "normal"), row
+
+
+def test_predict_defective_images_score_higher_than_good_ones(fitted):
+    """The point of the tool: defects raise the image score, even with 4 support images and no training."""
+    scores = {Path(r["file"]).name: float(r["score"]) for r in read_scores(fitted["out"])[1]}
+    good = [scores[n.replace("/", "_")] for n in GOOD]
+    defective = [scores[n.replace("/", "_")] for n in DEFECTIVE]
+    assert np.mean(defective) > np.mean(good), (good, defective)
+
+
+def test_predict_gallery_is_sorted_by_descending_score(fitted):
+    """index.html lists every scored image once, most anomalous first, each with its figure."""
+    page = (fitted["out"] / "index.html").read_text()
+    listed = re.findall(r"<tr><td>\d+</td><td>([^<]*)</td><td>([-\d.]+)</td><td>(\w+)</td>"
+                        r"<td><a href='([^']*)'>", page)
+    scores = {r["file"]: float(r["score"]) for r in read_scores(fitted["out"])[1]}
+    assert [f for f, _, _, _ in listed] == sorted(scores, key=lambda f: -scores[f])
+    shown = [float(s) for _, s, _, _ in listed]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 8
+
+
+def test_predict_figures_are_valid_pngs(fitted):
+    """Every figure the gallery links is a decodable PNG, and no stray or temporary file is left."""
+    page = (fitted["out"] / "index.html").read_text()
+    linked = sorted(set(re.findall(r"src='(figures/[^']+\.png)'", page)))
+    assert len(linked) == 8
+    on_disk = sorted(str(p.relative_to(fitted["out"])) for p in (fitted["out"] / "figures").iterdir())
+    assert on_disk == linked
+    for figure in linked:
+        assert_valid_png(fitted["out"] / figure)
+
+
+def test_saved_model_reproduces_scores_and_threshold(fitted, reloaded):
+    """--model must give the fit that --save_model stored: same scores, decisions and threshold."""
+    _, first = read_scores(fitted["out"])
+    _, second = read_scores(reloaded["out"])
+    assert [r["file"] for r in first] == [r["file"] for r in second]
+    np.testing.assert_allclose([float(r["score"]) for r in second], [float(r["score"]) for r in first],
+                               rtol=1e-6, atol=0)
+    assert [r["decision"] for r in first] == [r["decision"] for r in second]
+    assert printed_threshold(reloaded["result"].stdout) == printed_threshold(fitted["result"].stdout)
+    assert printed_threshold(fitted["result"].stdout) == pytest.approx(saved_info(fitted["model"])["threshold"],
+                                                                       abs=5e-4)
+
+
+def test_threshold_comes_from_the_support_images_only(fitted, refitted, support):
+    """The threshold is the (1 - FPR) quantile of the support's leave-one-out scores, so scoring other
+    images with the same support gives exactly the same threshold."""
+    info, other = saved_info(fitted["model"]), saved_info(refitted["model"])
+    assert info["support"] == [str(p) for p in support]
+    assert len(info["loo_scores"]) == len(support)
+    assert info["threshold"] == pytest.approx(float(np.quantile(info["loo_scores"], 1 - info["fpr"])), rel=1e-12)
+    assert other["threshold"] == pytest.approx(info["threshold"], rel=1e-6)
+    assert printed_threshold(refitted["result"].stdout) == printed_threshold(fitted["result"].stdout)
+    # the same image scores the same under the second, independent fit (the fit itself is deterministic)
+    first = {Path(r["file"]).name: float(r["score"]) for r in read_scores(fitted["out"])[1]}
+    second = {Path(r["file"]).parent.name + "_" + Path(r["file"]).name: float(r["score"])
+              for r in read_scores(refitted["out"])[1]}
+    assert second["good_000.jpg"] == pytest.approx(first["good_000.jpg"], rel=1e-5)
+
+
+def test_save_maps_writes_one_valid_figure_per_test_image(saved_maps, data_root):
+    """test.py --save_maps: one <defect>_<stem>.png per bottle test image (83), all decodable."""
+    test_root = data_root / "bottle" / "test"
+    expected = sorted(f"{d.name}_{p.stem}.png" for d in test_root.iterdir() if d.is_dir() for p in d.iterdir()
+                      if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+    written = sorted(p.name for p in saved_maps.iterdir())
+    assert len(written) == 83 and written == expected
+    for name in written:
+        assert_valid_png(saved_maps / name)

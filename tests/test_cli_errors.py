@@ -1,21 +1,14 @@
 """Every entry point rejects bad input up front: one 'error:' line on stderr, exit code 2, and no
 checkpoint or result file left behind."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_cli as run
+
 
 LITE = ["--backbone", "efficientnet_lite0"]
-
-
-def run(script, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 def assert_one_line_error(result, *fragments):
@@ -120,10 +113,8 @@ def test_test_unwritable_output(data_root, tmp_path):
 
 
 def test_resnet18_without_imagenet_weights_says_where_to_put_them(data_root, out, tmp_path):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}  # an empty hub cache
-    result = subprocess.run([sys.executable, str(ROOT / "test.py"), "--obj", "bottle", "--data_path", str(data_root),
-                             "--checkpoint", "none", "--backbone", "resnet18", "--rounds", "1", "--out", str(out / "r")],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", "none", "--backbone",
+                 "resnet18", "--rounds", "1", "--out", out / "r", env={"TORCH_HOME": str(tmp_path / "torch_home")})
     assert_one_line_error(result, "resnet18-f37072fd.pth", "--backbone_weights")
     assert not (out / "r.json").exists()
 

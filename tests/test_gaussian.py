@@ -28,7 +28,7 @@ def random_features(n, c, size, b, seed):
     return support, test
 
 
-@pytest.mark.parametrize("n, c", [(44, 24), (10, 24)])  # N < C: only the 0.01*I term makes Sigma invertible
+@pytest.mark.parametrize("n, c", [(44, 24), (10, 24), (44, 176)])  # N < C: only 0.01*I makes Sigma invertible
 def test_matches_naive_loop(n, c):
     support, test = random_features(n, c, 6, 5, seed=n)
     model = fit_gaussian(support)
@@ -38,15 +38,17 @@ def test_matches_naive_loop(n, c):
     assert torch.allclose(out.double(), expected, rtol=1e-4, atol=0)
 
 
-def test_stored_factor_is_lower_triangular_inverse_cholesky():
-    support, _ = random_features(20, 8, 3, 1, seed=1)
-    model = fit_gaussian(support)
-    assert model.mean.shape == (9, 8) and model.inv_chol.shape == (9, 8, 8) and model.shape == (3, 3)
-    assert torch.equal(model.inv_chol, model.inv_chol.tril())
-    x = support.double().flatten(2)[:, :, 4]
-    precision = torch.linalg.inv(torch.cov(x.T) + 0.01 * torch.eye(8, dtype=torch.float64))
-    w = model.inv_chol[4].double()
-    assert torch.allclose(w.T @ w, precision, rtol=1e-5, atol=1e-5)
+def test_stored_factor_gives_the_precision_matrix():
+    """Woodbury: (I - W^T W) / eps is the inverse of the covariance + eps*I, here with N > C and N < C."""
+    for n in (20, 5):
+        support, _ = random_features(n, 8, 3, 1, seed=1)
+        model = fit_gaussian(support)
+        assert model.mean.shape == (9, 8) and model.factor.shape == (9, n, 8) and model.shape == (3, 3)
+        x = support.double().flatten(2)[:, :, 4]
+        eye = torch.eye(8, dtype=torch.float64)
+        precision = torch.linalg.inv(torch.cov(x.T) + 0.01 * eye)
+        w = model.factor[4]
+        assert torch.allclose((eye - w.T @ w) / 0.01, precision, rtol=1e-8, atol=1e-8)
 
 
 def test_chunking_does_not_change_the_result():
@@ -55,7 +57,7 @@ def test_chunking_does_not_change_the_result():
     reference = mahalanobis(whole, test)
     for chunk in (1, 7, 25):
         chunked = fit_gaussian(support, chunk=chunk)
-        assert torch.allclose(chunked.inv_chol, whole.inv_chol, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(chunked.factor, whole.factor, rtol=1e-9, atol=1e-12)
         assert torch.allclose(mahalanobis(chunked, test, chunk=chunk), reference, rtol=1e-6)
 
 

@@ -138,3 +138,9 @@ def test_aupro_rejects_masks_without_anomalies():
     """PRO is undefined without any ground-truth region."""
     with pytest.raises(ValueError):
         aupro(np.zeros((2, 8, 8), dtype=bool), np.random.default_rng(0).random((2, 8, 8)))
+
+
+def test_aupro_rejects_masks_without_normal_pixels():
+    """FPR is undefined without a normal pixel: an error, not a NaN."""
+    with pytest.raises(ValueError, match="normal pixel"):
+        aupro(np.ones((2, 8, 8), dtype=bool), np.random.default_rng(0).random((2, 8, 8)))

@@ -1,28 +1,19 @@
 """End to end on real data: the registration-free baseline reaches the PaDiM regime on bottle, and a tiny
 training run writes checkpoints (last epoch, resumable, test-selected kept apart) that test.py evaluates."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_ok
+
 LITE = ["--backbone", "efficientnet_lite0"]
 TINY = ["--shot", "2", "--img_size", "64", "--batch_size", "4", "--max_images_per_category", "6", *LITE]
 
 
-def run(script, *args):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_registration_free_baseline_on_bottle(data_root, tmp_path):
     """The issue's real-data check: untrained identity STN + ImageNet EfficientNet-Lite0, K=2, 2 rounds."""
-    run("test.py", "--obj", "bottle", "--shot", "2", "--checkpoint", "none", *LITE, "--data_path", data_root,
+    run_ok("test.py", "--obj", "bottle", "--shot", "2", "--checkpoint", "none", *LITE, "--data_path", data_root,
         "--rounds", "2", "--out", tmp_path / "bottle")
     report = json.loads((tmp_path / "bottle.json").read_text())
     result = report["results"]["bottle"]["2"]
@@ -38,7 +29,7 @@ def test_registration_free_baseline_on_bottle(data_root, tmp_path):
 def trained(data_root, tmp_path_factory):
     """Two epochs of tiny leave-one-out training with bottle as the unseen target."""
     save_dir = tmp_path_factory.mktemp("ckpt")
-    log = run("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", save_dir,
+    log = run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", save_dir,
               *TINY).stdout
     return save_dir, save_dir / "rotation_scale" / "2" / "bottle", log
 
@@ -58,7 +49,7 @@ def test_training_writes_the_last_epoch_in_the_official_layout(trained):
 
 def test_resume_continues_the_same_run(trained, data_root):
     save_dir, folder, _ = trained
-    run("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "3", "--save_dir", save_dir,
+    run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "3", "--save_dir", save_dir,
         "--resume", *TINY)
     meta = torch.load(folder / "last.pt", weights_only=True)["meta"]
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
@@ -66,7 +57,7 @@ def test_resume_continues_the_same_run(trained, data_root):
 
 def test_test_py_evaluates_the_trained_checkpoint(trained, data_root, tmp_path):
     save_dir, _, _ = trained
-    run("test.py", "--obj", "bottle", "--shot", "2", "--save_dir", save_dir, "--data_path", data_root,
+    run_ok("test.py", "--obj", "bottle", "--shot", "2", "--save_dir", save_dir, "--data_path", data_root,
         "--rounds", "1", "--out", tmp_path / "r")
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["img_size"] == 64 and report["backbone"] == "efficientnet_lite0"
@@ -76,7 +67,7 @@ def test_test_py_evaluates_the_trained_checkpoint(trained, data_root, tmp_path):
 
 def test_select_on_test_is_kept_apart_and_labelled(data_root, tmp_path):
     """The paper's test-set model selection writes its own file; the honest last-epoch file is separate."""
-    log = run("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "1", "--save_dir", tmp_path,
+    log = run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "1", "--save_dir", tmp_path,
               "--select_on_test", "--rounds", "1", *TINY).stdout
     assert "WARNING" in log
     folder = tmp_path / "rotation_scale" / "2" / "bottle"
@@ -84,6 +75,6 @@ def test_select_on_test_is_kept_apart_and_labelled(data_root, tmp_path):
     honest = torch.load(folder / "bottle_2_rotation_scale_model.pt", weights_only=True)
     assert selected["meta"]["selected_on_test"] and not honest["meta"]["selected_on_test"]
     report = tmp_path / "r"
-    run("test.py", "--obj", "bottle", "--shot", "2", "--data_path", data_root, "--rounds", "1", "--out", report,
+    run_ok("test.py", "--obj", "bottle", "--shot", "2", "--data_path", data_root, "--rounds", "1", "--out", report,
         "--checkpoint", folder / "bottle_2_rotation_scale_model_selected_on_test.pt")
     assert "PAPER PROTOCOL" in report.with_suffix(".md").read_text()

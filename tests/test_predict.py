@@ -1,11 +1,8 @@
 """predict.py and test.py --save_maps end to end on real bottle images (CPU, efficientnet_lite0 at 96 px so
 the module stays well under a minute). Each CLI call runs once, in a module-scoped fixture."""
 import csv
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_ok
+
 FAST = ["--backbone", "efficientnet_lite0", "--img_size", "96", "--device", "cpu"]
-# one thread: on a shared 2-core machine OpenMP spinning makes the default several times slower
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 GOOD = ["good/000.jpg", "good/001.jpg", "good/002.jpg", "good/003.jpg"]
 DEFECTIVE = ["broken_large/000.jpg", "broken_large/001.jpg", "contamination/000.jpg", "contamination/001.jpg"]
-
-
-def run_ok(script, *args):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                            cwd=ROOT, env=ENV, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def read_scores(folder):

@@ -33,6 +33,8 @@ def pro_curve(masks, maps):
     n_regions = regions.max()
     if n_regions == 0:
         raise ValueError("AUPRO needs at least one anomalous pixel in the masks")
+    if masks.all():
+        raise ValueError("AUPRO needs at least one normal pixel in the masks")
     region_sizes = np.bincount(regions.ravel())
     pro_step = np.where(masks, 1.0 / (region_sizes[regions] * n_regions), 0.0).ravel()
     fpr_step = (~masks).ravel() / np.count_nonzero(~masks)

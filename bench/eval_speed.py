@@ -1,0 +1,200 @@
+"""Speed of few-shot evaluation, to check the targets of the speed issue in one run on one machine:
+(a) our batched fit_gaussian + mahalanobis against the official per-position NumPy/SciPy loops, on the
+same real features, and (b) the wall time of a full 10-round test.py-style evaluation, split by step.
+
+    OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 python bench/eval_speed.py [--n_test N] [--device cpu]
+
+On cores shared with other work, set those two variables: otherwise idle OpenMP (torch) and OpenBLAS
+(numpy) threads spin while the busy one waits for a core, which made torch's batched linear algebra
+~20x and numpy's np.linalg.inv ~100x slower here, and the speed-up meaningless.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+import numpy as np
+import torch
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+
+from datasets.mvtec import get_category
+from datasets.support_set import support_sets_for
+from utils.augment import augment_support
+from utils.checkpoint import load_model
+from utils.cli import pick_device, run_main
+from utils.evaluation import evaluate, load_test_data
+from utils.gaussian import fit_gaussian, mahalanobis
+from utils.scoring import GaussianScorer, as_float
+
+START = time.perf_counter()
+RATIO_TARGET, EVAL_TARGET_S = 30, 60
+# OpenMP/BLAS settings that change CPU timings a lot when the cores are shared (printed with the results)
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def timed(fn, device):
+    """(fn(), seconds); CUDA is synchronised on both sides so queued kernels are counted."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return result, time.perf_counter() - start
+
+
+class TimedScorer(GaussianScorer):
+    """GaussianScorer adding up the time of each step, so evaluate() itself can be split without copying it."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.seconds = {"embed": 0.0, "fit": 0.0, "maps": 0.0}
+
+    def _timed(self, step, *args):
+        result, seconds = timed(lambda: getattr(GaussianScorer, step)(self, *args), self.device)
+        self.seconds[step] += seconds
+        return result
+
+    def embed(self, images):
+        return self._timed("embed", images)
+
+    def fit(self, support):
+        return self._timed("fit", support)
+
+    def maps(self, gaussian, embeddings, image_size):
+        return self._timed("maps", gaussian, embeddings, image_size)
+
+
+def naive_distances(support, test, positions):
+    """The official RegAD loops on the first `positions` positions: np.cov + 0.01*I per position, then
+    np.linalg.inv and one scipy mahalanobis call per (position, test image). support [N,C,P], test [B,C,P]."""
+    identity = np.identity(support.shape[1])
+    mean = support.mean(0)
+    cov = np.stack([np.cov(support[:, :, i], rowvar=False) + 0.01 * identity for i in range(positions)], -1)
+    distances = []
+    for i in range(positions):
+        cov_inv = np.linalg.inv(cov[:, :, i])
+        distances.append([scipy_mahalanobis(sample[:, i], mean[:, i], cov_inv) for sample in test])
+    return np.array(distances)  # [positions, B]
+
+
+def cpu_model():
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def met(ok):
+    return "MET" if ok else "NOT MET"
+
+
+def full_evaluation(args, device, category):
+    """(b): what test.py --obj bottle --shot K --checkpoint none does, timed step by step."""
+    print(f"\n(b) full evaluation: {category.name} K={args.shot}, {args.rounds} rounds, untrained network, "
+          f"{args.backbone} (run first, cold like test.py)")
+    start = time.perf_counter()
+    (model, _), load_s = timed(lambda: load_model("none", {"backbone": args.backbone, "stn_mode": None,
+                                                           "img_size": None}), device)
+    model.to(device)
+    img_size = model.config["img_size"]
+    test, decode_s = timed(lambda: load_test_data(category, img_size), device)
+    supports, support_s = timed(lambda: support_sets_for(category, args.shot, args.rounds, 668, None,
+                                                         img_size), device)
+    scorer = TimedScorer(model, device)
+    result, evaluate_s = timed(lambda: evaluate(scorer, test, supports), device)
+    total = time.perf_counter() - start
+    s = scorer.seconds
+    rounds_s = evaluate_s - s["embed"]
+    print(f"  model load (ImageNet weights)     {load_s:7.2f} s")
+    print(f"  test image decode ({len(test.labels)} images)    {decode_s:7.2f} s")
+    print(f"  support image decode              {support_s:7.2f} s")
+    print(f"  embedding of the test images      {s['embed']:7.2f} s")
+    print(f"  {args.rounds} rounds                         {rounds_s:7.2f} s  = fit (augment + embed "
+          f"{args.shot}x22 + fit_gaussian) {s['fit']:.2f} + maps (mahalanobis + blur) {s['maps']:.2f} "
+          f"+ metrics {rounds_s - s['fit'] - s['maps']:.2f}")
+    summary = result["summary"]
+    print(f"  total                             {total:7.2f} s   (image AUROC {summary['image_auroc']['mean']:.4f}, "
+          f"pixel AUROC {summary['pixel_auroc']['mean']:.4f})")
+    return model, test, supports, total
+
+
+def gaussian_speed(args, device, model, test, supports):
+    """(a): the same real features through our batched code and through the official loops."""
+    scorer = GaussianScorer(model, device)
+    support = scorer.features(augment_support(as_float(supports[0], device)))  # what GaussianScorer.fit fits
+    queries = scorer.embed(test.images[:args.n_test or None])
+    n, c, h, w = support.shape
+    positions = min(args.naive_positions or h * w, h * w)
+    print(f"\n(a) Gaussian fit + Mahalanobis: {n} support embeddings ({args.shot} images x 22 augmentations), "
+          f"{len(queries)} test images, C={c}, {h}x{w}={h * w} positions")
+
+    def ours():
+        gaussian, fit_s = timed(lambda: fit_gaussian(support), device)
+        distances, score_s = timed(lambda: mahalanobis(gaussian, queries), device)
+        return distances, fit_s, score_s
+
+    ours()  # warm-up
+    runs = [ours() for _ in range(args.repeat)]
+    fit_s, score_s = (statistics.median(run[i] for run in runs) for i in (1, 2))
+    ours_s = fit_s + score_s
+
+    support_np, queries_np = (x.flatten(2).double().cpu().numpy() for x in (support, queries))
+    naive, naive_part_s = timed(lambda: naive_distances(support_np, queries_np, positions), device)
+    naive_s = naive_part_s * h * w / positions
+
+    ours_d = runs[0][0].flatten(1)[:, :positions].T.double().cpu().numpy()
+    rel = float(np.max(np.abs(ours_d - naive) / np.abs(naive)))
+    print(f"  max relative difference of distances over {positions} positions x {len(queries)} images: {rel:.2e}")
+    assert rel < 1e-3, f"our distances differ from the official loop's by {rel:.2e}"
+    print(f"  ours  (fit_gaussian + mahalanobis, median of {args.repeat}): {ours_s:8.3f} s"
+          f"  (fit {fit_s:.3f} s, score {score_s:.3f} s)")
+    note = "all positions measured" if positions == h * w else (
+        f"EXTRAPOLATED x{h * w / positions:.1f} from {positions} of {h * w} positions ({naive_part_s:.2f} s measured)")
+    print(f"  naive (np.cov / np.linalg.inv / scipy loops):        {naive_s:8.3f} s  {note}")
+    ratio = naive_s / ours_s
+    print(f"  speed-up: {ratio:.1f}x")
+    return ratio
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_path", default=str(ROOT.parent / "shared" / "data" / "mvtec-mini"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--obj", default="bottle")
+    parser.add_argument("--shot", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--n_test", type=int, default=0,
+                        help="test images scored in (a) (0: the whole test set, as an evaluation round does)")
+    parser.add_argument("--naive_positions", type=int, default=392,
+                        help="time the naive loops on this many positions and extrapolate (0: all)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of our code in (a), median reported")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    print(f"torch {torch.__version__}, numpy {np.__version__}, device {device}, torch threads "
+          f"{torch.get_num_threads()}, usable cores {len(os.sched_getaffinity(0))}, CPU {cpu_model()}")
+    if device.type == "cuda":
+        print(f"GPU {torch.cuda.get_device_name(device)}")
+    threading = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+    print(f"threading env {threading or 'unset'}; load average {os.getloadavg()[0]:.1f} (1 min) at start")
+    category = get_category(args.data_path, args.obj, need_test=True)
+    model, test, supports, eval_s = full_evaluation(args, device, category)
+    ratio = gaussian_speed(args, device, model, test, supports)
+    print(f"\nload average {os.getloadavg()[0]:.1f} (1 min) at end; process CPU {time.process_time():.0f} s "
+          f"in {time.perf_counter() - START:.0f} s wall")
+    print(f"target: Gaussian fit + Mahalanobis speed-up >= {RATIO_TARGET}x on {device.type}: "
+          f"{ratio:.1f}x -> {met(ratio >= RATIO_TARGET)}")
+    print(f"target: full {args.rounds}-round evaluation <= {EVAL_TARGET_S} s: {eval_s:.1f} s -> "
+          f"{met(eval_s <= EVAL_TARGET_S)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -23,11 +23,16 @@ def greedy_coreset(bank, fraction=CORESET_FRACTION, seed=0):
     if bank.shape[1] > PROJECTION_DIM:
         projection = torch.randn(bank.shape[1], PROJECTION_DIM, generator=generator).to(bank)
         bank = bank @ projection
+    squared_norms = bank.square().sum(1)
+
+    def squared_distances(i):  # |b|^2 - 2 b.c + |c|^2: one pass over the bank (memory-bound loop)
+        return torch.addmv(squared_norms + squared_norms[i], bank, bank[i], alpha=-2)
+
     chosen = [int(torch.randint(len(bank), (1,), generator=generator))]
-    nearest = torch.linalg.vector_norm(bank - bank[chosen[0]], dim=1)
+    nearest = squared_distances(chosen[0])
     for _ in range(count - 1):
         chosen.append(int(nearest.argmax()))
-        nearest = torch.minimum(nearest, torch.linalg.vector_norm(bank - bank[chosen[-1]], dim=1))
+        nearest = torch.minimum(nearest, squared_distances(chosen[-1]))
     return torch.tensor(chosen, device=bank.device)
 
 

@@ -154,11 +154,14 @@ def cell_text(result, metric):
 
 def markdown(args, runner, cells, hardware):
     shots = args.shots
+    trained = any("train_seconds_per_epoch" in r for per in cells["regad"].values() for r in per.values())
+    training = (f"RegAD trained {args.epochs} epoch(s), leave-one-category-out" if trained
+                else "RegAD not trained in this run (see Cells not run)")
     lines = [f"# RegAD on {runner.dataset}, backbone {runner.tag}", "",
              f"Data `{args.data_path}`; backbone `{args.backbone}`"
              f"{' with RANDOM init (not the paper setting)' if args.backbone_weights == 'random' else ' (ImageNet)'}; "
              f"stn_mode rotation_scale; 224 px; {args.rounds} fixed support sets per (category, K), seed {args.seed}; "
-             f"RegAD trained {args.epochs} epoch(s), leave-one-category-out; code {code_version()}.",
+             f"{training}; code {code_version()}.",
              f"Hardware: {hardware}.", "",
              "Cells: mean ± std over the support rounds, in percent. The mean row averages the categories with a "
              "value (their count in brackets when fewer than all); its ± is the std over rounds of the "

@@ -10,7 +10,6 @@ On cores shared with other work, set those two variables: otherwise idle OpenMP 
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from utils.checkpoint import load_model
 from utils.cli import pick_device, run_main
 from utils.evaluation import evaluate, load_test_data
 from utils.gaussian import fit_gaussian, mahalanobis
+from utils.hardware import cpu_model
 from utils.scoring import GaussianScorer, as_float
 
 START = time.perf_counter()
@@ -81,14 +81,6 @@ def naive_distances(support, test, positions):
         cov_inv = np.linalg.inv(cov[:, :, i])
         distances.append([scipy_mahalanobis(sample[:, i], mean[:, i], cov_inv) for sample in test])
     return np.array(distances)  # [positions, B]
-
-
-def cpu_model():
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def met(ok):

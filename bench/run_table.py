@@ -15,7 +15,6 @@ run say why.
 """
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets.mvtec import discover_categories  # noqa: E402
+from models.stn import BACKBONES  # noqa: E402
 from utils.checkpoint import checkpoint_path, code_version  # noqa: E402
+from utils.hardware import cpu_model  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = {  # name -> label in the table
@@ -42,7 +45,7 @@ TABLE_METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "au
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_path", default=str(ROOT.parent / "shared" / "data" / "mvtec-mini"))
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
     parser.add_argument("--backbone_weights", help="'random' for a random init (resnet18 only)")
     parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--rounds", type=int, default=10)
@@ -72,12 +75,14 @@ class Runner:
         return ["--data_path", self.args.data_path, "--device", self.args.device, *extra]
 
     def call(self, script, options, output):
-        """Run script unless output exists; return output's path. Failures stop the table (loudly)."""
-        command = [sys.executable, script, *map(str, options)]
-        self.commands.append(" ".join(["python", script, *map(str, options)]).replace(str(ROOT) + "/", ""))
+        """Run script unless output exists; return output's path. A failure stops the table."""
+        options = [str(o) for o in options]
+        self.commands.append(" ".join(["python", script, *options]).replace(str(ROOT) + "/", ""))
         if not Path(output).exists():
             print("$", self.commands[-1], flush=True)
-            subprocess.run(command, cwd=ROOT, check=True)
+            if subprocess.run([sys.executable, script, *options], cwd=ROOT).returncode:
+                raise UserError(f"'{self.commands[-1]}' failed (its message is above); fix that and rerun: "
+                                "finished runs are reused")
         return Path(output)
 
     def baseline(self, method, target, shots):
@@ -200,11 +205,7 @@ def markdown(args, runner, cells, hardware):
 def hardware_line(device):
     if device != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines()
-             if l.startswith("model name")] if cpuinfo.is_file() else []
-    return (f"CPU {names[0] if names else platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def main():
@@ -221,4 +222,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

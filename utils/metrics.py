@@ -28,8 +28,9 @@ def pro_curve(masks, maps):
     (8-connected component of one mask); so a sort and two cumulative sums give the whole curve.
     """
     masks, maps = np.asarray(masks, dtype=bool), np.asarray(maps)
-    regions = np.stack([label(m, connectivity=2) + offset for m, offset in zip(masks, _region_offsets(masks))])
-    regions[~masks] = 0
+    per_image = [label(m, connectivity=2) for m in masks]  # 0 outside the regions
+    offsets = np.cumsum([0] + [r.max() for r in per_image[:-1]])  # makes region ids unique across images
+    regions = np.stack([np.where(r > 0, r + offset, 0) for r, offset in zip(per_image, offsets)])
     n_regions = regions.max()
     if n_regions == 0:
         raise ValueError("AUPRO needs at least one anomalous pixel in the masks")
@@ -44,12 +45,6 @@ def pro_curve(masks, maps):
     fpr = np.cumsum(fpr_step[order])[last_of_tie]
     pro = np.cumsum(pro_step[order])[last_of_tie]
     return np.concatenate([[0.0], np.minimum(fpr, 1.0), [1.0]]), np.concatenate([[0.0], np.minimum(pro, 1.0), [1.0]])
-
-
-def _region_offsets(masks):
-    """Label offsets that make every image's component ids globally unique."""
-    counts = [label(m, connectivity=2).max() for m in masks]
-    return np.concatenate([[0], np.cumsum(counts)[:-1]])
 
 
 def area_up_to(x, y, x_max):

@@ -23,6 +23,7 @@ from utils.cli import Parser, add_data_args, add_model_args, check_writable_dir,
 from utils.errors import UserError
 from utils.evaluation import evaluate, load_test_data
 from utils.io import atomic_torch_save, atomic_write_json
+from utils.precision import PRECISIONS, autocast, set_precision
 from utils.scoring import GaussianScorer
 
 ROOT = Path(__file__).resolve().parent
@@ -39,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=668)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="tf32 (CUDA) and bf16 are faster, but move the gradients by more than the "
+                             "batch noise at the start of training (bench/train_speed.py): opt-in")
     parser.add_argument("--save_dir", default="save_checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from <save_dir>/.../last.pt")
     parser.add_argument("--val_categories", nargs="*", default=[],
@@ -90,9 +94,10 @@ def cosine_lr(base_lr, epoch, epochs):
 
 
 @torch.no_grad()
-def validation_loss(model, sampler, images, device):
+def validation_loss(model, sampler, images, device, precision):
     model.eval()
-    losses = [model.loss(q, s).item() for q, s in pair_batches(sampler.batches(0), images, device)]
+    with autocast(device, precision):
+        losses = [model.loss(q, s).item() for q, s in pair_batches(sampler.batches(0), images, device)]
     return float(np.mean(losses)) if losses else None
 
 
@@ -100,6 +105,10 @@ def run(args):
     if args.shot < 1 or args.epochs < 1 or args.batch_size < 1:
         raise UserError("--shot, --epochs and --batch_size must be at least 1")
     device = pick_device(args.device)
+    if args.precision == "tf32" and device.type != "cuda":
+        raise UserError("--precision tf32 needs a CUDA device; use fp32 or bf16 on the CPU")
+    set_precision(args.precision)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     target, pools = split_pools(args)
     out_dir = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj).parent
     check_writable_dir(out_dir)
@@ -116,7 +125,8 @@ def run(args):
     model.to(device)
     optimiser = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
 
-    print(f"target {target.name} (left out); training on {', '.join(pools)}; decoding images once")
+    print(f"target {target.name} (left out); training on {', '.join(pools)} ({device}, {args.precision}); "
+          "decoding images once")
     train_images = {n: load_images(p, args.img_size) for n, (p, _) in pools.items()}
     sampler = PairSampler({n: len(p) for n, (p, _) in pools.items()}, args.shot, args.batch_size, args.seed)
     if sampler.skipped:
@@ -145,7 +155,8 @@ def run(args):
         batches = tqdm(pair_batches(epoch_batches, train_images, device), total=len(epoch_batches),
                        desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None)
         for query, support in batches:
-            loss = model.loss(query, support)
+            with autocast(device, args.precision):
+                loss = model.loss(query, support)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -156,12 +167,12 @@ def run(args):
         record = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "seconds": seconds,
                   "images_per_second": seen / seconds}
         if val_sampler:
-            record["val_loss"] = validation_loss(model, val_sampler, val_images, device)
+            record["val_loss"] = validation_loss(model, val_sampler, val_images, device, args.precision)
         history.append(record)
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         meta = {"shot": args.shot, "obj": args.obj, "epoch": epoch, "train_categories": list(pools),
-                "seed": args.seed, "code_version": code_version(), "history": history,
-                "command": " ".join(["python"] + sys.argv), "selected_on_test": False}
+                "seed": args.seed, "precision": args.precision, "code_version": code_version(),
+                "history": history, "command": " ".join(["python"] + sys.argv), "selected_on_test": False}
         if selection:
             selection.after_epoch(model, meta)
             meta["best_on_test"] = selection.best
@@ -197,7 +208,7 @@ class SelectOnTest:
 
 def check_resume(meta, args):
     """Resuming must continue the same run, and one that still has epochs to go."""
-    keys = ("backbone", "stn_mode", "img_size", "shot")
+    keys = ("backbone", "stn_mode", "img_size", "shot", "precision")
     if any(meta.get(k) != getattr(args, k) for k in keys):
         raise UserError(f"last.pt was written with {', '.join(f'{k}={meta.get(k)}' for k in keys)}; "
                         "resume with the same options")

@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import numpy as np
-import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from datasets.mvtec import get_category
@@ -29,23 +28,11 @@ from utils.checkpoint import load_model
 from utils.cli import pick_device, run_main
 from utils.evaluation import evaluate, load_test_data
 from utils.gaussian import fit_gaussian, mahalanobis
-from utils.hardware import cpu_model
+from utils.hardware import describe_machine, timed
 from utils.scoring import GaussianScorer, as_float
 
 START = time.perf_counter()
 RATIO_TARGET, EVAL_TARGET_S = 30, 60
-# OpenMP/BLAS settings that change CPU timings a lot when the cores are shared (printed with the results)
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def timed(fn, device):
-    """(fn(), seconds); CUDA is synchronised on both sides so queued kernels are counted."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    result = fn()
-    sync()
-    return result, time.perf_counter() - start
 
 
 class TimedScorer(GaussianScorer):
@@ -173,12 +160,7 @@ def main():
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    print(f"torch {torch.__version__}, numpy {np.__version__}, device {device}, torch threads "
-          f"{torch.get_num_threads()}, usable cores {len(os.sched_getaffinity(0))}, CPU {cpu_model()}")
-    if device.type == "cuda":
-        print(f"GPU {torch.cuda.get_device_name(device)}")
-    threading = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
-    print(f"threading env {threading or 'unset'}; load average {os.getloadavg()[0]:.1f} (1 min) at start")
+    print(describe_machine(device))
     category = get_category(args.data_path, args.obj, need_test=True)
     model, test, supports, eval_s = full_evaluation(args, device, category)
     ratio = gaussian_speed(args, device, model, test, supports)

@@ -32,6 +32,7 @@ from utils.hardware import cpu_model  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.precision import PRECISIONS  # noqa: E402
 
 METHODS = {  # name -> label in the table
     "regad": "RegAD (honest: last epoch)",
@@ -39,6 +40,7 @@ METHODS = {  # name -> label in the table
     "registration_free": "Registration-free (untrained STN, PaDiM-like)",
     "patchcore": "Few-shot PatchCore",
 }
+PAPER_EPOCHS = 50
 TABLE_METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR <= 0.3)"}
 
 
@@ -51,6 +53,7 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=668)
     parser.add_argument("--epochs", type=int, default=50, help="training epochs of every RegAD run")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="train.py --precision")
     parser.add_argument("--train_targets", nargs="*", help="targets to train RegAD for (default: all)")
     parser.add_argument("--train_shots", type=int, nargs="*", help="K to train RegAD for (default: --shots)")
     parser.add_argument("--no_select_on_test", action="store_true", help="skip the paper-protocol column")
@@ -67,7 +70,8 @@ class Runner:
         self.tag = args.backbone + ("-random" if args.backbone_weights == "random" else "")
         self.dataset = Path(args.data_path).resolve().name
         self.runs = ROOT / "results" / "runs" / f"{self.dataset}_{self.tag}"
-        self.save_dir = ROOT / "save_checkpoints" / f"{self.dataset}_{self.tag}_e{args.epochs}"
+        self.training = f"e{args.epochs}_{args.precision}"
+        self.save_dir = ROOT / "save_checkpoints" / f"{self.dataset}_{self.tag}_{self.training}"
         self.commands = []
 
     def common(self):
@@ -98,10 +102,11 @@ class Runner:
         ckpt = checkpoint_path(self.save_dir, "rotation_scale", shot, target, selected_on_test=selected)
         select = [] if self.args.no_select_on_test else ["--select_on_test"]
         self.call("train.py", ["--obj", target, "--shot", shot, "--backbone", self.args.backbone, "--epochs",
-                               self.args.epochs, "--rounds", self.args.rounds, "--seed", self.args.seed,
+                               self.args.epochs, "--precision", self.args.precision, "--rounds",
+                               self.args.rounds, "--seed", self.args.seed,
                                "--save_dir", self.save_dir, *select, *self.common()], ckpt)
         method = "regad_selected" if selected else "regad"
-        out = self.runs / f"{method}_e{self.args.epochs}_{target}_k{shot}"
+        out = self.runs / f"{method}_{self.training}_{target}_k{shot}"
         self.call("test.py", ["--obj", target, "--shot", shot, "--checkpoint", ckpt, "--rounds",
                               self.args.rounds, "--seed", self.args.seed, "--out", out, *self.common()],
                   out.with_suffix(".json"))
@@ -160,8 +165,11 @@ def cell_text(result, metric):
 def markdown(args, runner, cells, hardware):
     shots = args.shots
     trained = any("train_seconds_per_epoch" in r for per in cells["regad"].values() for r in per.values())
-    training = (f"RegAD trained {args.epochs} epoch(s), leave-one-category-out" if trained
+    training = (f"RegAD trained {args.epochs} epoch(s), leave-one-category-out, {args.precision}" if trained
                 else "RegAD not trained in this run (see Cells not run)")
+    if trained and args.epochs < PAPER_EPOCHS:
+        training += (f" (**SHORT TRAINING: {args.epochs} of the paper's {PAPER_EPOCHS} epochs; the "
+                     f"{PAPER_EPOCHS}-epoch RegAD figures are still missing**)")
     lines = [f"# RegAD on {runner.dataset}, backbone {runner.tag}", "",
              f"Data `{args.data_path}`; backbone `{args.backbone}`"
              f"{' with RANDOM init (not the paper setting)' if args.backbone_weights == 'random' else ' (ImageNet)'}; "

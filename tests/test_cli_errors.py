@@ -41,7 +41,8 @@ def test_train_missing_data_folder(tmp_path, out):
 
 @pytest.mark.parametrize("option,value,fragment", [("--backbone", "resnet50", "invalid choice"),
                                                    ("--stn_mode", "spin", "invalid choice"),
-                                                   ("--shot", "0", "at least 1")])
+                                                   ("--shot", "0", "at least 1"),
+                                                   ("--precision", "tf32", "needs a CUDA device")])
 def test_train_bad_options(data_root, out, option, value, fragment):
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, *LITE, option, value)
     assert_one_line_error(result, fragment)

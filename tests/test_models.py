@@ -10,6 +10,7 @@ from skimage import data as skdata
 from models.efficientnet_lite import EfficientNetLiteClassifier
 from models.regad import RegAD
 from models.stn import STN_MODES, STNModule, invert_theta, params_to_theta, warp
+from utils.precision import autocast
 
 # A non-trivial transform per mode: (parameters, expected 2x3 matrix written out by hand).
 c, s = math.cos(0.2), math.sin(0.2)
@@ -69,6 +70,39 @@ def test_hand_made_theta_and_restoration(mode):
     centre = (u.abs() < 0.5) & (v.abs() < 0.5)
     assert (restored[0] - x[0])[:, centre].abs().max() < 2e-3
     assert (warped[0] - x[0])[:, centre].abs().max() > 2e-2  # the transform really moved things
+
+
+def test_transform_stays_float32_under_bf16_autocast():
+    """bf16 would round the scale 1.003 to 1.0 and move the sampling grid by up to a quarter pixel."""
+    stn = STNModule(channels=8, feature_size=28, mode="rotation_scale").eval()
+    params = torch.tensor([[0.01, 1.003, 0.997]])
+    with torch.no_grad():
+        stn.fc[2].bias.copy_(params[0])  # the fc weight is zero: theta is exactly this bias
+    x = torch.randn(2, 8, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, theta = stn(x)
+    expected = params_to_theta(params, "rotation_scale").expand(2, 2, 3)
+    assert theta.dtype == out.dtype == torch.float32
+    assert torch.allclose(theta, expected, atol=1e-7)
+    assert torch.allclose(out, warp(x, expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_memory_format_does_not_change_the_outputs(backbone):
+    """channels_last is a speed choice only (bench/train_speed.py)."""
+    torch.manual_seed(0)
+    model = RegAD(backbone, "rotation_scale", img_size=64).eval()
+    convs = [p for p in model.STN.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    with torch.no_grad():
+        model.STN.stn2.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
+        x = torch.rand(2, 3, 64, 64)
+        last, restored = model.STN(x)
+        model.STN.use_memory_format(torch.contiguous_format)
+        assert all(p.is_contiguous() for p in convs)
+        plain_last, plain_restored = model.STN(x)
+    for a, b in zip([last, *restored], [plain_last, *plain_restored]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
 
 
 def test_restoration_composes_inverses_in_reverse_order():
@@ -178,14 +212,16 @@ def test_efficientnet_stages_have_strides_4_8_16(variant, channels):
     assert last.shape == (1, channels[2], 14, 14)
 
 
-def test_one_training_step_lowers_the_loss_and_reaches_every_parameter():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_training_step_lowers_the_loss_and_reaches_every_parameter(precision):
     torch.manual_seed(0)
     model = RegAD("resnet18", "rotation_scale", img_size=64).train()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batches = [(torch.rand(4, 3, 64, 64), torch.rand(4, 2, 3, 64, 64)) for _ in range(2)]
 
     def total_loss():
-        return sum(model.loss(q, s) for q, s in batches)
+        with autocast(torch.device("cpu"), precision):
+            return sum(model.loss(q, s) for q, s in batches)
 
     before = total_loss()
     optimiser.zero_grad()

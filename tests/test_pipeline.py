@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_ok
+from conftest import run_cli, run_ok
 
 LITE = ["--backbone", "efficientnet_lite0"]
 TINY = ["--shot", "2", "--img_size", "64", "--batch_size", "4", "--max_images_per_category", "6", *LITE]
@@ -51,7 +51,10 @@ def test_resume_continues_the_same_run(trained, data_root):
     run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "3", "--save_dir", save_dir,
            "--resume", *TINY)
     meta = torch.load(folder / "last.pt", weights_only=True)["meta"]
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3] and meta["precision"] == "fp32"
+    changed = run_cli("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "4", "--save_dir",
+                      save_dir, "--resume", "--precision", "bf16", *TINY)
+    assert changed.returncode == 2 and "precision=fp32" in changed.stderr and "same options" in changed.stderr
 
 
 def test_test_py_evaluates_the_trained_checkpoint(trained, data_root, tmp_path):

@@ -127,11 +127,12 @@ def run(args):
 
     print(f"target {target.name} (left out); training on {', '.join(pools)} ({device}, {args.precision}); "
           "decoding images once")
-    train_images = {n: load_images(p, args.img_size) for n, (p, _) in pools.items()}
+    # uint8 on the training device (mvtec-mini: 200 MB): no host-to-device copy per step on a GPU
+    train_images = {n: load_images(p, args.img_size).to(device) for n, (p, _) in pools.items()}
     sampler = PairSampler({n: len(p) for n, (p, _) in pools.items()}, args.shot, args.batch_size, args.seed)
     if sampler.skipped:
         print(f"note: {', '.join(sampler.skipped)} skipped: fewer than K+1={args.shot + 1} normal images")
-    val_images = {n: load_images(h, args.img_size) for n, (_, h) in pools.items() if h}
+    val_images = {n: load_images(h, args.img_size).to(device) for n, (_, h) in pools.items() if h}
     val_sampler = PairSampler({n: len(v) for n, v in val_images.items()}, args.shot, args.batch_size,
                               args.seed) if val_images else None
     selection = SelectOnTest(args, target, device) if args.select_on_test else None

@@ -8,7 +8,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def set_precision(precision):
-    """Process-wide switches; call once before training."""
+    """Process-wide switches: TF32 only for 'tf32' (bf16 is autocast, per step)."""
     tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32

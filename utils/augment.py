@@ -7,7 +7,8 @@ the same set as the official code.
 import math
 
 import torch
-import torch.nn.functional as F
+
+from models.stn import warp
 
 ROTATION_ANGLES = [-math.pi / 4, -3 * math.pi / 16, -math.pi / 8, -math.pi / 16,
                    math.pi / 16, math.pi / 8, 3 * math.pi / 16, math.pi / 4]
@@ -29,10 +30,7 @@ def warp_affine(images, thetas):
     images [K,3,H,W], thetas [T,2,3] -> [T*K,3,H,W], ordered theta-major (block t holds all K images).
     """
     k = images.shape[0]
-    batch = images.repeat(len(thetas), 1, 1, 1)
-    thetas = thetas.to(images).repeat_interleave(k, dim=0)
-    grid = F.affine_grid(thetas, list(batch.shape), align_corners=False)
-    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return warp(images.repeat(len(thetas), 1, 1, 1), thetas.to(images).repeat_interleave(k, dim=0))
 
 
 def greyscale(images):

@@ -4,6 +4,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # OpenMP/BLAS settings that change CPU timings a lot when the cores are shared (printed with the results)
@@ -20,7 +21,6 @@ def cpu_model():
 
 def describe_machine(device):
     """Header lines for benchmark output: versions, device, threads, cores, load."""
-    import numpy as np
     lines = [f"torch {torch.__version__}, numpy {np.__version__}, device {device}, torch threads "
              f"{torch.get_num_threads()}, usable cores {len(os.sched_getaffinity(0))}, CPU {cpu_model()}"]
     if device.type == "cuda":

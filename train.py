@@ -45,14 +45,20 @@ def parse_args(argv=None):
                              "batch noise at the start of training (bench/train_speed.py): opt-in")
     parser.add_argument("--save_dir", default="save_checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from <save_dir>/.../last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh, replacing an earlier run's last.pt")
+    parser.add_argument("--stop_after", type=int, metavar="N",
+                        help="stop after epoch N of the --epochs schedule (saves the model at epoch N); "
+                             "continue later with --resume and the same --epochs")
     parser.add_argument("--val_categories", nargs="*", default=[],
                         help=f"hold out {VAL_FRACTION:.0%} of these training categories' normal images "
                              "for a validation loss curve")
     parser.add_argument("--max_images_per_category", type=int,
                         help="use only the first N normal images of each category (quick runs, CI)")
     parser.add_argument("--select_on_test", action="store_true",
-                        help="PAPER PROTOCOL, OPTIMISTIC: keep the epoch with the best test-set AUROC of the "
-                             "target (recorded in the checkpoint's meta and written to a separate file)")
+                        help="PAPER PROTOCOL, OPTIMISTIC: as the official train.py, evaluate on the target's "
+                             "test set before each epoch's training (so epoch 0, the untrained network, too) and "
+                             "keep the best image + pixel AUROC in a separate file; every evaluation is recorded "
+                             "in the meta's test_curve")
     parser.add_argument("--rounds", type=int, default=10, help="support rounds for --select_on_test")
     return parser.parse_args(argv)
 
@@ -93,6 +99,17 @@ def cosine_lr(base_lr, epoch, epochs):
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
+def train_step(model, optimiser, query, support, precision):
+    """One SGD step on a (query, support) batch; returns the loss. The official code's step: its three SGD
+    optimisers (STN, ENC, PRED) with equal settings are one optimiser over all parameters."""
+    with autocast(query.device, precision):
+        loss = model.loss(query, support)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.detach()
+
+
 @torch.no_grad()
 def validation_loss(model, sampler, images, device, precision):
     model.eval()
@@ -104,6 +121,9 @@ def validation_loss(model, sampler, images, device, precision):
 def run(args):
     if args.shot < 1 or args.epochs < 1 or args.batch_size < 1:
         raise UserError("--shot, --epochs and --batch_size must be at least 1")
+    stop = args.epochs if args.stop_after is None else args.stop_after
+    if not 1 <= stop <= args.epochs:
+        raise UserError(f"--stop_after must be between 1 and --epochs ({args.epochs})")
     device = pick_device(args.device)
     if args.precision == "tf32" and device.type != "cuda":
         raise UserError("--precision tf32 needs a CUDA device; use fp32 or bf16 on the CPU")
@@ -115,9 +135,12 @@ def run(args):
     last_path = out_dir / "last.pt"
     if args.resume and not last_path.is_file():
         raise UserError(f"nothing to resume: '{last_path}' does not exist; drop --resume to start training")
+    if last_path.is_file() and not (args.resume or args.overwrite):
+        raise UserError(f"'{last_path}' holds an earlier run; pass --resume to continue it, --overwrite to replace "
+                        "it, or another --save_dir")
     resume_state = read_checkpoint(last_path) if args.resume else None
     if resume_state is not None:
-        check_resume(resume_state["meta"], args)
+        check_resume(resume_state["meta"], args, stop)
     torch.manual_seed(args.seed)
     model = RegAD(args.backbone, args.stn_mode, args.img_size)
     if resume_state is None:
@@ -143,78 +166,118 @@ def run(args):
         optimiser.load_state_dict(resume_state["optimiser"])
         history, first_epoch = resume_state["meta"]["history"], resume_state["meta"]["epoch"] + 1
         if selection:
-            selection.best = resume_state["meta"].get("best_on_test")
+            selection.resume(resume_state["meta"])
         print(f"resumed from {last_path} after epoch {first_epoch - 1}")
 
-    for epoch in range(first_epoch, args.epochs + 1):
+    def run_meta(epoch):
+        return {"shot": args.shot, "obj": args.obj, "epoch": epoch, "epochs": args.epochs,
+                "train_categories": list(pools), "seed": args.seed, "precision": args.precision,
+                "code_version": code_version(), "history": history, "command": " ".join(["python"] + sys.argv),
+                "selected_on_test": False, **(selection.state() if selection else {})}
+
+    for epoch in range(first_epoch, stop + 1):
+        if selection:  # the official order: evaluate the weights of epoch - 1, then train
+            selection.evaluate(model, run_meta(epoch - 1))
         lr = cosine_lr(args.lr, epoch, args.epochs)
         for group in optimiser.param_groups:
             group["lr"] = lr
         model.train()
         started, losses, seen = time.time(), [], 0
         epoch_batches = sampler.batches(epoch)
-        batches = tqdm(pair_batches(epoch_batches, train_images, device), total=len(epoch_batches),
-                       desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None)
-        for query, support in batches:
-            with autocast(device, args.precision):
-                loss = model.loss(query, support)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+        progress = Progress(f"epoch {epoch}/{args.epochs}", len(epoch_batches))
+        for query, support in pair_batches(epoch_batches, train_images, device):
+            loss = train_step(model, optimiser, query, support, args.precision)
             losses.append(loss.item())
             seen += len(query) * (1 + args.shot)
-            batches.set_postfix(loss=f"{loss.item():.4f}")
+            progress.update(losses[-1], seen / (time.time() - started))
+        progress.close()
         seconds = time.time() - started
         record = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "seconds": seconds,
                   "images_per_second": seen / seconds}
         if val_sampler:
             record["val_loss"] = validation_loss(model, val_sampler, val_images, device, args.precision)
         history.append(record)
-        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        meta = {"shot": args.shot, "obj": args.obj, "epoch": epoch, "train_categories": list(pools),
-                "seed": args.seed, "precision": args.precision, "code_version": code_version(),
-                "history": history, "command": " ".join(["python"] + sys.argv), "selected_on_test": False}
-        if selection:
-            selection.after_epoch(model, meta)
-            meta["best_on_test"] = selection.best
+        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
+              flush=True)
         atomic_torch_save({**model.checkpoint_state(), "optimiser": optimiser.state_dict(),
-                           "meta": {**model.config, **meta}}, last_path)
+                           "meta": {**model.config, **run_meta(epoch)}}, last_path)
     final = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj)
-    save_checkpoint(final, model, meta)
-    atomic_write_json(out_dir / "train_log.json", {**model.config, **meta})
-    print(f"saved the last epoch to {final}")
+    save_checkpoint(final, model, run_meta(stop))
+    atomic_write_json(out_dir / "train_log.json", {**model.config, **run_meta(stop)})
+    if stop < args.epochs:
+        print(f"stopped after epoch {stop} of {args.epochs}; saved it to {final}. Continue with the same command, "
+              "--resume and a larger --stop_after (or none)")
+    else:
+        print(f"saved the last epoch to {final}")
     return history
 
 
+class Progress:
+    """A progress bar on a terminal; in a log file (nohup, CI) a line every EVERY batches instead."""
+    EVERY = 10
+
+    def __init__(self, desc, total):
+        self.desc, self.total, self.done, self.started = desc, total, 0, time.time()
+        self.bar = tqdm(total=total, desc=desc, leave=False) if sys.stdout.isatty() else None
+
+    def update(self, loss, images_per_second):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
+        elif self.done % self.EVERY == 0:
+            eta = (self.total - self.done) * (time.time() - self.started) / self.done
+            print(f"  {self.desc} batch {self.done}/{self.total} loss {loss:.4f} {images_per_second:.1f} images/s "
+                  f"ETA {eta:.0f} s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 class SelectOnTest:
-    """The official code's model selection on the target's test AUROC. Optimistic: labelled loudly."""
+    """The official train.py's model selection: before each epoch's training, the test-set image + pixel
+    AUROC of the current weights (epoch - 1, so the untrained network too); the best is kept. Optimistic:
+    labelled loudly. Every evaluation goes into the learning curve (meta 'test_curve')."""
 
     def __init__(self, args, target, device):
         print("WARNING: --select_on_test picks the epoch on TEST images (the paper's protocol); "
               "its figures are optimistic and are saved separately with selected_on_test=True")
-        self.args, self.device, self.best = args, device, None
+        self.device, self.best, self.curve = device, None, []
         self.test = load_test_data(target, args.img_size)
         self.supports = support_sets_for(target, args.shot, args.rounds, args.seed, args.dataset,
                                          args.img_size, root=ROOT)
         self.path = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj, selected_on_test=True)
 
-    def after_epoch(self, model, meta):
+    def resume(self, meta):
+        self.best, self.curve = meta.get("best_on_test"), list(meta.get("test_curve", []))
+
+    def state(self):
+        return {"best_on_test": self.best, "test_curve": self.curve}
+
+    def evaluate(self, model, meta):
+        started = time.time()
         summary = evaluate(GaussianScorer(model, self.device), self.test, self.supports)["summary"]
         score = sum(summary[m]["mean"] for m in ("image_auroc", "pixel_auroc") if summary[m])
-        print(f"  test-set selection score (image + pixel AUROC) {score:.4f}")
-        if self.best is None or score > self.best["score"]:
+        self.curve.append({"epoch": meta["epoch"], "score": score, "seconds": time.time() - started, **summary})
+        print(f"  test set after epoch {meta['epoch']}: image + pixel AUROC {score:.4f} "
+              f"({self.curve[-1]['seconds']:.0f} s)", flush=True)
+        if self.best is None or score > self.best["score"]:  # strict, as the official: a tie keeps the earlier
             self.best = {"epoch": meta["epoch"], "score": score}
-            save_checkpoint(self.path, model, {**meta, "selected_on_test": True, "test_summary": summary})
+            save_checkpoint(self.path, model, {**meta, **self.state(), "selected_on_test": True,
+                                               "test_summary": summary})
 
 
-def check_resume(meta, args):
-    """Resuming must continue the same run, and one that still has epochs to go."""
-    keys = ("backbone", "stn_mode", "img_size", "shot", "precision")
-    if any(meta.get(k) != getattr(args, k) for k in keys):
+def check_resume(meta, args, stop):
+    """Resuming must continue the same run (the same --epochs schedule too), and one that has epochs to go."""
+    keys = ("backbone", "stn_mode", "img_size", "shot", "precision", "epochs")
+    if any(meta.get(k, args.epochs if k == "epochs" else None) != getattr(args, k) for k in keys):
         raise UserError(f"last.pt was written with {', '.join(f'{k}={meta.get(k)}' for k in keys)}; "
                         "resume with the same options")
     if meta["epoch"] >= args.epochs:
-        raise UserError(f"last.pt already finished epoch {meta['epoch']}; pass a larger --epochs to go on")
+        raise UserError(f"last.pt already finished all {args.epochs} epochs; nothing to resume")
+    if meta["epoch"] >= stop:
+        raise UserError(f"last.pt is already at epoch {meta['epoch']}; pass a --stop_after larger than that")
 
 
 if __name__ == "__main__":

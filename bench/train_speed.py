@@ -2,14 +2,15 @@
 
 Each setting starts from the same weights and times full training steps (query and K supports forward,
 backward, SGD step) on real batches of one mvtec-mini category; images/s counts queries and supports, as
-train.py does. Settings: fp32 in PyTorch's default (contiguous) layout, then in channels_last (the model's
-layout) fp32 (train.py's default), tf32 (CUDA only) and bf16 autocast (train.py --precision tf32 / bf16).
+train.py does. Settings: fp32 in the NCHW layout (train.py's for ResNet-18: a step equals the official code's)
+and in channels_last (train.py's for EfficientNet-Lite), then tf32 (CUDA only) and bf16 autocast in the
+backbone's training layout (train.py --precision tf32 / bf16).
 
 A faster setting must not change results beyond noise. On the same batch and weights, each setting's loss
-and gradient are compared with the baseline's (fp32, contiguous), per part of the network, against the noise
+and gradient are compared with the baseline's (fp32, NCHW), per part of the network, against the noise
 SGD lives with anyway: the baseline's gradients on two different batches of the same category.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/train_speed.py [--backbone resnet18 --backbone_weights random]
+    OMP_WAIT_POLICY=PASSIVE python bench/train_speed.py [--backbone resnet18 --backbone_weights FILE]
         [--device cuda --steps 20]
 """
 import argparse
@@ -25,11 +26,13 @@ import torch
 from datasets.mvtec import get_category, load_images
 from datasets.sampler import PairSampler
 from models.regad import RegAD
-from train import pair_batches
+from models.stn import TRAIN_MEMORY_FORMAT
+from train import pair_batches, train_step
 from utils.cli import pick_device, run_main
 from utils.hardware import describe_machine, timed
 from utils.precision import autocast, set_precision
 
+LAYOUT_NAMES = {torch.contiguous_format: "NCHW", torch.channels_last: "channels_last"}
 WITHIN_NOISE = 0.1  # a setting's gradient deviation must stay below a tenth of the batch-to-batch one
 
 
@@ -44,27 +47,21 @@ def real_batches(args, device):
     return list(pair_batches(batches[:args.steps + 2], images, device))
 
 
-def settings(device):
-    """(precision, memory format, label), the baseline first."""
+def settings(device, backbone):
+    """(precision, memory format, label), the baseline first: fp32 in both layouts, then the reduced
+    precisions in the backbone's training layout (what train.py --precision uses)."""
+    layout = TRAIN_MEMORY_FORMAT[backbone]
     reduced = ("tf32", "bf16") if device.type == "cuda" else ("bf16",)
-    return ([("fp32", torch.contiguous_format, "fp32, contiguous (PyTorch default)")]
-            + [(p, torch.channels_last, f"{p}, channels_last") for p in ("fp32",) + reduced])
+    return ([("fp32", torch.contiguous_format, "fp32, NCHW"), ("fp32", torch.channels_last, "fp32, channels_last")]
+            + [(p, layout, f"{p}, {LAYOUT_NAMES[layout]}") for p in reduced])
 
 
 def images_per_second(model, batches, device, precision, memory_format, shot):
     model.STN.use_memory_format(memory_format)
     set_precision(precision)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def step(query, support):
-        with autocast(device, precision):
-            loss = model.loss(query, support)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
-    step(*batches[0])  # warm-up: allocator, oneDNN/cuDNN kernel choice
-    _, seconds = timed(lambda: [step(*batch) for batch in batches[1:]], device)
+    train_step(model, optimiser, *batches[0], precision)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+    _, seconds = timed(lambda: [train_step(model, optimiser, *batch, precision) for batch in batches[1:]], device)
     return sum(len(q) * (1 + shot) for q, _ in batches[1:]) / seconds
 
 
@@ -148,12 +145,13 @@ def main():
     batches = real_batches(args, device)
 
     speeds = {}
-    for precision, memory_format, label in settings(device):
+    for precision, memory_format, label in settings(device, args.backbone):
         model = copy.deepcopy(initial).to(device).train()
         speeds[label] = images_per_second(model, batches[:-1], device, precision, memory_format, args.shot)
         print(f"  {label:<36}{speeds[label]:8.1f} images/s  x{speeds[label] / next(iter(speeds.values())):.2f}",
               flush=True)
-    worst = gradient_effect(copy.deepcopy(initial).to(device).train(), batches, device, settings(device))
+    print(f"train.py trains {args.backbone} in fp32, {LAYOUT_NAMES[TRAIN_MEMORY_FORMAT[args.backbone]]} by default")
+    worst = gradient_effect(copy.deepcopy(initial).to(device).train(), batches, device, settings(device, args.backbone))
     for label, ratio in worst.items():
         print(f"{label}: gradient deviation / batch-to-batch noise, worst part {ratio:.3f} -> "
               f"{'within' if ratio < WITHIN_NOISE else 'NOT within'} noise (limit {WITHIN_NOISE})")

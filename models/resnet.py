@@ -59,18 +59,31 @@ def resnet18_stages():
     return stem, stages, (64, 128, 256)
 
 
+def read_weights(path):
+    """A state dict from a file, or one line saying why not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"--backbone_weights '{path}' cannot be read ({type(exc).__name__}); pass a torchvision "
+                        f"ResNet-18 state dict such as {RESNET18_FILES[0]}")
+    if not isinstance(state, dict):
+        raise UserError(f"--backbone_weights '{path}' is not a state dict; pass a torchvision ResNet-18 state dict")
+    return state
+
+
 def find_resnet18_weights(path=None):
-    """The torchvision ResNet-18 ImageNet state dict: explicit path, torch hub cache, or download."""
+    """(state dict, where it came from): the torchvision ResNet-18 ImageNet weights from an explicit path
+    (a partial state dict, stem to layer3, is enough), the torch hub cache, or a download."""
     if path:
         if not Path(path).is_file():
             raise UserError(f"--backbone_weights '{path}' does not exist; pass the path of {RESNET18_FILES[0]}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_weights(path), str(path)
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     for name in RESNET18_FILES:
         if (hub_dir / name).is_file():
-            return torch.load(hub_dir / name, map_location="cpu", weights_only=True)
+            return read_weights(hub_dir / name), str(hub_dir / name)
     try:
-        return torch.hub.load_state_dict_from_url(RESNET18_URL, map_location="cpu", progress=False)
+        return torch.hub.load_state_dict_from_url(RESNET18_URL, map_location="cpu", progress=False), RESNET18_URL
     except Exception:  # offline: fall through to the one-line instruction below
         pass
     raise UserError(

@@ -3,6 +3,8 @@
 Parameter names equal the official RegAD checkpoint's 'STN' entry (conv1, bn1, layer1-3, stn1-3)
 for the ResNet-18 backbone, so official checkpoints load with strict=True.
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -106,6 +108,15 @@ class STNModule(nn.Module):
 
 
 BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite2")
+# Memory layout in training, per backbone. Evaluation always runs in channels_last (ResNet-18 embeds 1.4x faster
+# on the CPU, same features to 4e-6). In training, PyTorch's CPU channels_last BatchNorm computes the batch
+# statistics ~1000x less exactly than the NCHW kernel (layer3 moves by 1.5e-4 relative), so ResNet-18 trains in
+# NCHW, where a training step equals the official code's (tests/test_official_equivalence.py) at the price of
+# 1.18x; EfficientNet-Lite, which the official code does not have, keeps channels_last: 2.07x faster, gradients
+# within the batch-to-batch noise (results/train_speed_cpu.md).
+TRAIN_MEMORY_FORMAT = {"resnet18": torch.contiguous_format,
+                       "efficientnet_lite0": torch.channels_last, "efficientnet_lite2": torch.channels_last}
+EVAL_MEMORY_FORMAT = torch.channels_last
 
 
 def backbone_stages(name):
@@ -121,9 +132,15 @@ def backbone_normalisation(name):
     return None
 
 
+class STNOutput(NamedTuple):
+    features: torch.Tensor  # layer3 after stn3: what the encoder/predictor see in training
+    restored: list | None   # each stage's warped map warped back to the input frame (what test-time scores)
+    thetas: list            # the three STN affine matrices [B, 2, 3]
+
+
 class STNNet(nn.Module):
-    """Backbone layer1-3 with an STN after each; returns the last warped features and the
-    restored (inverse-warped back to the input frame) maps of all three stages."""
+    """Backbone layer1-3 with an STN after each; returns the last warped features, the thetas and
+    (unless restore=False, as in training) the restored maps of all three stages."""
 
     def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
         super().__init__()
@@ -140,27 +157,35 @@ class STNNet(nn.Module):
         if self.normalise:  # non-persistent: keeps the state dict identical to the official layout
             self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1), persistent=False)
-        self.use_memory_format(torch.channels_last)
+        self.train_memory_format = TRAIN_MEMORY_FORMAT[backbone]
+        self.train()
+
+    def train(self, mode=True):
+        """Also switches the memory layout: the backbone's training layout, or channels_last for evaluation."""
+        super().train(mode)
+        self.use_memory_format(self.train_memory_format if mode else EVAL_MEMORY_FORMAT)
+        return self
 
     def use_memory_format(self, memory_format):
-        """channels_last (the default) trains 2.07x faster on CPU with Lite0, 1.18x with ResNet-18
-        (bench/train_speed.py, which switches layouts with this)."""
+        """bench/train_speed.py compares layouts with this."""
         self.memory_format = memory_format
         self.to(memory_format=memory_format)
 
-    def forward(self, x):
-        """x: images in [0, 1], [B, 3, H, W] -> (layer3 warped features, [restored stage maps])."""
+    def forward(self, x, restore=True):
+        """x: images in [0, 1], [B, 3, H, W] -> STNOutput."""
         x = x.contiguous(memory_format=self.memory_format)
         if self.normalise:
             x = (x - self.mean) / self.std
         for name in self.stem_names:
             x = getattr(self, name)(x)
-        inverses, restored = [], []
+        thetas, inverses, restored = [], [], []
         for layer, stn in ((self.layer1, self.stn1), (self.layer2, self.stn2), (self.layer3, self.stn3)):
             x, theta = stn(layer(x))
-            inverses.append(invert_theta(theta.detach()))
-            back = x.detach()
-            for inverse in reversed(inverses):  # undo this stage's warp, then the earlier ones
-                back = warp(back, inverse)
-            restored.append(back)
-        return x, restored
+            thetas.append(theta)
+            if restore:
+                inverses.append(invert_theta(theta.detach()))
+                back = x.detach()
+                for inverse in reversed(inverses):  # undo this stage's warp, then the earlier ones
+                    back = warp(back, inverse)
+                restored.append(back)
+        return STNOutput(x, restored if restore else None, thetas)

@@ -89,20 +89,37 @@ def test_transform_stays_float32_under_bf16_autocast():
 
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_memory_format_does_not_change_the_outputs(backbone):
-    """channels_last is a speed choice only (bench/train_speed.py)."""
+    """The layout is a speed choice only (bench/train_speed.py): channels_last for evaluation, and in training
+    NCHW for resnet18 (a step equals the official one) and channels_last for Lite."""
     torch.manual_seed(0)
-    model = RegAD(backbone, "rotation_scale", img_size=64).eval()
+    model = RegAD(backbone, "rotation_scale", img_size=64)
     convs = [p for p in model.STN.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    train_layout = torch.contiguous_format if backbone == "resnet18" else torch.channels_last
+    assert all(p.is_contiguous(memory_format=train_layout) for p in convs)
+    model.eval()
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     with torch.no_grad():
         model.STN.stn2.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
         x = torch.rand(2, 3, 64, 64)
-        last, restored = model.STN(x)
+        last, restored, _ = model.STN(x)
         model.STN.use_memory_format(torch.contiguous_format)
         assert all(p.is_contiguous() for p in convs)
-        plain_last, plain_restored = model.STN(x)
+        plain_last, plain_restored, _ = model.STN(x)
     for a, b in zip([last, *restored], [plain_last, *plain_restored]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
+
+
+def test_training_forward_skips_the_restored_maps():
+    """restore=False (what RegAD.loss uses) gives the same features and thetas, without the inverse warps."""
+    torch.manual_seed(0)
+    model = RegAD("resnet18", "rotation_scale", img_size=64).train()
+    with torch.no_grad():
+        model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
+        x = torch.rand(2, 3, 64, 64)
+        full, lean = model.STN(x), model.STN(x, restore=False)
+    assert lean.restored is None and len(full.restored) == 3
+    assert torch.equal(full.features, lean.features)
+    assert all(torch.equal(a, b) for a, b in zip(full.thetas, lean.thetas, strict=True))
 
 
 def test_restoration_composes_inverses_in_reverse_order():
@@ -127,7 +144,7 @@ def test_stnnet_restored_maps_undo_a_fixed_warp():
         images = torch.rand(2, 3, 64, 64)
         stem = model.STN.maxpool(model.STN.relu(model.STN.bn1(model.STN.conv1(images))))
         layer1 = model.STN.layer1(stem)
-        _, restored = model.STN(images)
+        restored = model.STN(images).restored
     assert restored[0].shape == layer1.shape
     theta = params_to_theta(torch.tensor([[0.15, 0.95, 1.05]]), "rotation_scale").expand(2, 2, 3)
     expected = warp(warp(layer1, theta), invert_theta(theta))  # same two resamplings, done directly
@@ -206,7 +223,7 @@ def test_efficientnet_stages_have_strides_4_8_16(variant, channels):
     model = RegAD(variant, "rotation_scale", 224).eval()
     model.load_backbone_weights()
     with torch.no_grad():
-        last, restored = model.STN(torch.rand(1, 3, 224, 224))
+        last, restored, _ = model.STN(torch.rand(1, 3, 224, 224))
     assert [tuple(r.shape[1:]) for r in restored] == [(channels[0], 56, 56), (channels[1], 28, 28),
                                                       (channels[2], 14, 14)]
     assert last.shape == (1, channels[2], 14, 14)
@@ -249,8 +266,8 @@ def test_cpu_and_cuda_give_the_same_outputs():
     with torch.no_grad():
         model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
         x = torch.rand(2, 3, 224, 224)
-        cpu_last, cpu_restored = model.STN(x)
-        gpu_last, gpu_restored = model.cuda().STN(x.cuda())
+        cpu_last, cpu_restored, _ = model.STN(x)
+        gpu_last, gpu_restored, _ = model.cuda().STN(x.cuda())
     assert torch.allclose(cpu_last, gpu_last.cpu(), atol=1e-4)
     for a, b in zip(cpu_restored, gpu_restored):
         assert torch.allclose(a, b.cpu(), atol=1e-4)

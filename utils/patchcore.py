@@ -45,7 +45,7 @@ class PatchCoreScorer(GaussianScorer):
         untrained), 3x3 average-pooled, layer3 upsampled to layer2's resolution (stride 8)."""
         out = []
         for s in range(0, len(images), self.batch_size):
-            _, (_, layer2, layer3) = self.model.STN(images[s:s + self.batch_size])
+            _, layer2, layer3 = self.model.STN(images[s:s + self.batch_size]).restored
             layer2, layer3 = F.avg_pool2d(layer2, 3, 1, 1), F.avg_pool2d(layer3, 3, 1, 1)
             layer3 = F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear", align_corners=False)
             out.append(torch.cat([layer2, layer3], 1))

@@ -25,7 +25,7 @@ class GaussianScorer:
     @torch.no_grad()
     def features(self, images):
         """float images [N, 3, H, W] -> restored stage features concatenated at stride 4."""
-        return torch.cat([concat_stages(self.model.STN(images[s:s + self.batch_size])[1])
+        return torch.cat([concat_stages(self.model.STN(images[s:s + self.batch_size]).restored)
                           for s in range(0, len(images), self.batch_size)])
 
     def embed(self, images):

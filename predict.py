@@ -68,11 +68,10 @@ def read_images(paths, size, what):
 
 def leave_one_out_scores(scorer, support):
     """Image score of each support image under the Gaussians fitted on the others."""
-    embeddings = scorer.embed(support)
     scores = []
     for i in range(len(support)):
         gaussian = scorer.fit(torch.cat([support[:i], support[i + 1:]]))
-        scores.append(float(scorer.maps(gaussian, embeddings[i:i + 1], support.shape[-1]).max()))
+        scores.append(float(scorer.maps(gaussian, scorer.embed(support[i:i + 1]), support.shape[-1]).max()))
     return scores
 
 

@@ -182,7 +182,7 @@ def run(args):
         for group in optimiser.param_groups:
             group["lr"] = lr
         model.train()
-        started, losses, seen = time.time(), [], 0
+        started, cpu_started, losses, seen = time.time(), time.process_time(), [], 0
         epoch_batches = sampler.batches(epoch)
         progress = Progress(f"epoch {epoch}/{args.epochs}", len(epoch_batches))
         for query, support in pair_batches(epoch_batches, train_images, device):
@@ -192,8 +192,9 @@ def run(args):
             progress.update(losses[-1], seen / (time.time() - started))
         progress.close()
         seconds = time.time() - started
+        # wall seconds count pauses and other jobs; CPU seconds (all threads) do not
         record = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "seconds": seconds,
-                  "images_per_second": seen / seconds}
+                  "cpu_seconds": time.process_time() - cpu_started, "images_per_second": seen / seconds}
         if val_sampler:
             record["val_loss"] = validation_loss(model, val_sampler, val_images, device, args.precision)
         history.append(record)

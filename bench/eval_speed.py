@@ -1,8 +1,11 @@
-"""Speed of few-shot evaluation, to check the targets of the speed issue in one run on one machine:
-(a) our batched fit_gaussian + mahalanobis against the official per-position NumPy/SciPy loops, on the
-same real features, and (b) the wall time of a full 10-round test.py-style evaluation, split by step.
+"""Speed of few-shot evaluation, side by side in one run on one machine:
+(b) the wall time of a full 10-round test.py-style evaluation, split by stage, and with --baseline COMMIT the
+same evaluation by an earlier commit's code (its own bench, run from a temporary git worktree), so the
+speed-up of every stage is a ratio measured in the same run; (a) our batched fit_gaussian + mahalanobis
+against the official per-position NumPy/SciPy loops, on the same real features.
 
-    OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 python bench/eval_speed.py [--n_test N] [--device cpu]
+    OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 python bench/eval_speed.py --backbone resnet18 \
+        --backbone_weights ../shared/weights/resnet18_imagenet_to_layer3.pth [--baseline 2055442] [--device cpu]
 
 On cores shared with other work, set those two variables: otherwise idle OpenMP (torch) and OpenBLAS
 (numpy) threads spin while the busy one waits for a core, which made torch's batched linear algebra
@@ -10,8 +13,11 @@ On cores shared with other work, set those two variables: otherwise idle OpenMP 
 """
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +38,8 @@ from utils.hardware import describe_machine, timed
 from utils.scoring import GaussianScorer, as_float
 
 START = time.perf_counter()
-RATIO_TARGET, EVAL_TARGET_S = 30, 60
+RATIO_TARGET, EVAL_TARGET_S, METRICS_SPEEDUP_TARGET = 30, 20, 5
+STAGES = ("embed", "fit", "maps", "metrics")
 
 
 class TimedScorer(GaussianScorer):
@@ -101,7 +108,39 @@ def full_evaluation(args, device, category):
     summary = result["summary"]
     print(f"  total                             {total:7.2f} s   (image AUROC {summary['image_auroc']['mean']:.4f}, "
           f"pixel AUROC {summary['pixel_auroc']['mean']:.4f})")
-    return model, test, supports, total
+    return model, test, supports, {**s, "metrics": rounds_s - s["fit"] - s["maps"], "total": total}
+
+
+def parse_stages(text):
+    """Stage seconds from (b)'s printout (the format above, unchanged since commit 309a854)."""
+    found = re.search(r"embedding of the test images\s+([\d.]+) s.*?fit \(.*?\) ([\d.]+) \+ maps \(.*?\) ([\d.]+) "
+                      r"\+ metrics ([\d.]+).*?total\s+([\d.]+) s", text, re.S)
+    if not found:
+        raise SystemExit(f"cannot read the baseline's stage times from its output:\n{text}")
+    return dict(zip(STAGES + ("total",), map(float, found.groups())))
+
+
+def baseline_evaluation(args):
+    """(b) by the code of commit args.baseline: its own bench/eval_speed.py, run from a temporary worktree
+    with the same data, backbone and rounds, before ours, on the same machine."""
+    options = ["--data_path", str(Path(args.data_path).resolve()), "--device", args.device, "--obj", args.obj,
+               "--shot", str(args.shot), "--rounds", str(args.rounds), "--backbone", args.backbone,
+               "--naive_positions", "8", "--repeat", "1"]
+    if args.backbone_weights:
+        weights = args.backbone_weights
+        options += ["--backbone_weights", weights if weights == "random" else str(Path(weights).resolve())]
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            run = subprocess.run([sys.executable, "bench/eval_speed.py", *options], cwd=tree, capture_output=True,
+                                 text=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    text = run.stdout[run.stdout.find("(b)"):run.stdout.find("(a)")]
+    print(f"\n(b, baseline) the same evaluation by commit {args.baseline}:\n" + text.rstrip())
+    return parse_stages(text)
 
 
 def gaussian_speed(args, device, model, test, supports):
@@ -109,7 +148,7 @@ def gaussian_speed(args, device, model, test, supports):
     scorer = GaussianScorer(model, device)
     support = scorer.features(augment_support(as_float(supports[0], device)))  # what GaussianScorer.fit fits
     queries = scorer.embed(test.images[:args.n_test or None])
-    n, c, h, w = support.shape
+    n, c, (h, w) = len(support), support.channels, support.shape
     positions = min(args.naive_positions or h * w, h * w)
     print(f"\n(a) Gaussian fit + Mahalanobis: {n} support embeddings ({args.shot} images x 22 augmentations), "
           f"{len(queries)} test images, C={c}, {h}x{w}={h * w} positions")
@@ -124,7 +163,9 @@ def gaussian_speed(args, device, model, test, supports):
     fit_s, score_s = (statistics.median(run[i] for run in runs) for i in (1, 2))
     ours_s = fit_s + score_s
 
-    support_np, queries_np = (x.flatten(2).double().cpu().numpy() for x in (support, queries))
+    # [N or B, C, P], as the official code holds them (its embedding_concat output)
+    support_np, queries_np = (x.rows(0, h).permute(1, 2, 0)[:, :, :positions].double().cpu().numpy()
+                              for x in (support, queries))
     naive, naive_part_s = timed(lambda: naive_distances(support_np, queries_np, positions), device)
     naive_s = naive_part_s * h * w / positions
 
@@ -157,12 +198,19 @@ def main():
     parser.add_argument("--naive_positions", type=int, default=392,
                         help="time the naive loops on this many positions and extrapolate (0: all)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of our code in (a), median reported")
+    parser.add_argument("--baseline", help="a git commit: also time its evaluation in the same run (needs a checkout)")
     args = parser.parse_args()
 
     device = pick_device(args.device)
     print(describe_machine(device))
     category = get_category(args.data_path, args.obj, need_test=True)
-    model, test, supports, eval_s = full_evaluation(args, device, category)
+    baseline = baseline_evaluation(args) if args.baseline else None
+    model, test, supports, ours = full_evaluation(args, device, category)
+    eval_s = ours["total"]
+    if baseline:
+        print(f"\nspeed-up over commit {args.baseline}, per stage (baseline s / ours s):")
+        for stage in STAGES + ("total",):
+            print(f"  {stage:<8}{baseline[stage]:8.2f} s / {ours[stage]:6.2f} s = x{baseline[stage] / ours[stage]:.1f}")
     ratio = gaussian_speed(args, device, model, test, supports)
     print(f"\nload average {os.getloadavg()[0]:.1f} (1 min) at end; process CPU {time.process_time():.0f} s "
           f"in {time.perf_counter() - START:.0f} s wall")
@@ -170,6 +218,10 @@ def main():
           f"{ratio:.1f}x -> {met(ratio >= RATIO_TARGET)}")
     print(f"target: full {args.rounds}-round evaluation <= {EVAL_TARGET_S} s: {eval_s:.1f} s -> "
           f"{met(eval_s <= EVAL_TARGET_S)}")
+    if baseline:
+        speedup = baseline["metrics"] / ours["metrics"]
+        print(f"target: metric stage >= {METRICS_SPEEDUP_TARGET}x faster than commit {args.baseline}: x{speedup:.1f} "
+              f"-> {met(speedup >= METRICS_SPEEDUP_TARGET)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""concat_stages against the official unfold/fold embedding_concat, written out here."""
+"""StageMaps' embeddings against the official unfold/fold embedding_concat, written out here."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.features import concat_stages
+from utils.features import StageMaps
 
 
 def embedding_concat(x, y):
@@ -25,11 +26,18 @@ def test_matches_official_embedding_concat(size):
     torch.manual_seed(size)
     stages = [torch.randn(2, c, size // s, size // s) for c, s in ((8, 1), (16, 2), (32, 4))]
     expected = embedding_concat(embedding_concat(stages[0], stages[1]), stages[2])
-    out = concat_stages(stages)
-    assert out.shape == (2, 56, size, size)
-    assert torch.equal(out, expected)
+    maps = StageMaps.of(stages)
+    assert (len(maps), maps.channels, maps.shape) == (2, 56, (size, size))
+    everything = maps.rows(0, size)  # [P, B, C]
+    assert torch.equal(everything.permute(1, 2, 0).reshape(2, 56, size, size), expected)
+    for positions in (1, 7, size + 3, size * size):  # bands of rows aligned to the coarsest stage, then cut
+        chunks = list(maps.chunks(positions))
+        starts = [start for start, _ in chunks]
+        assert starts == [0] + list(np.cumsum([len(block) for _, block in chunks]))[:-1]
+        assert max(len(block) for _, block in chunks) <= positions
+        assert torch.equal(torch.cat([block for _, block in chunks]), everything)
 
 
 def test_rejects_non_integer_ratio():
     with pytest.raises(ValueError):
-        concat_stages([torch.randn(1, 2, 14, 14), torch.randn(1, 2, 4, 4)])
+        StageMaps.of([torch.randn(1, 2, 14, 14), torch.randn(1, 2, 4, 4)])

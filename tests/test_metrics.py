@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from utils.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from utils.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
+
+
+def pixel_auroc(masks, maps):
+    return pixel_metrics(PixelLabels(masks), maps)[0]
+
+
+def aupro(masks, maps, max_fpr=0.3):
+    return pixel_metrics(PixelLabels(masks), maps, max_fpr)[1]
 
 
 def naive_auroc(labels, scores):

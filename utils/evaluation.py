@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from datasets.mvtec import list_test_set, load_images, load_mask
-from utils.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from utils.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
@@ -31,14 +31,13 @@ def load_test_data(category, img_size, progress=False):
     return TestData(items, images, labels, masks)
 
 
-def round_metrics(maps, test):
-    """Metrics of one support round; pixel metrics are None for categories without masks."""
+def round_metrics(maps, labels, pixel_labels):
+    """Metrics of one support round; pixel metrics are None for categories without masks (pixel_labels None)."""
     scores = maps.reshape(len(maps), -1).max(1)
-    result = {"image_auroc": image_auroc(test.labels, scores), "image_f1_max": f1_max(test.labels, scores),
+    result = {"image_auroc": image_auroc(labels, scores), "image_f1_max": f1_max(labels, scores),
               "pixel_auroc": None, "aupro": None}
-    if test.masks is not None:
-        result["pixel_auroc"] = pixel_auroc(test.masks, maps)
-        result["aupro"] = aupro(test.masks, maps)
+    if pixel_labels is not None:
+        result["pixel_auroc"], result["aupro"] = pixel_metrics(pixel_labels, maps)
     return result
 
 
@@ -54,10 +53,11 @@ def summarise(rounds):
 def evaluate(scorer, test, support_sets, on_round=None):
     """Run every support round; test embeddings are computed once, since only the fitted model changes."""
     embeddings = scorer.embed(test.images)
+    pixel_labels = PixelLabels(test.masks) if test.masks is not None else None  # the same for every round
     rounds = []
     for index, support in enumerate(support_sets):
         maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1]).numpy()
-        rounds.append(round_metrics(maps, test))
+        rounds.append(round_metrics(maps, test.labels, pixel_labels))
         if on_round:
             on_round(index, rounds[-1], maps)
     return {"rounds": rounds, "summary": summarise(rounds)}

@@ -1,4 +1,6 @@
 """Patch distances -> image-sized anomaly maps and image scores, as the official post-processing."""
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -21,21 +23,32 @@ def symmetric_indices(n, radius, device=None):
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
-def gaussian_blur(maps, sigma):
-    """[B,H,W] -> [B,H,W], equal to scipy.ndimage.gaussian_filter(map, sigma) on each map."""
-    kernel = gaussian_kernel(sigma, dtype=maps.dtype, device=maps.device)
-    radius = len(kernel) // 2
-    h, w = maps.shape[-2:]
-    x = maps[:, None].index_select(2, symmetric_indices(h, radius, maps.device))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    x = x.index_select(3, symmetric_indices(w, radius, maps.device))
-    return F.conv2d(x, kernel.view(1, 1, 1, -1))[:, 0]
+def blur_matrix(n, sigma):
+    """[n, n] float64 matrix of scipy.ndimage.gaussian_filter1d on a length-n signal ('reflect' padding):
+    row i holds the weights of output i, so blurring both axes of a map X is B_h X B_w^T."""
+    kernel = gaussian_kernel(sigma, dtype=torch.float64)
+    taps = torch.arange(len(kernel))
+    sources = symmetric_indices(n, len(kernel) // 2)[torch.arange(n)[:, None] + taps]  # [n, taps]
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    return matrix.index_put_((torch.arange(n)[:, None].expand_as(sources), sources), kernel.expand(n, -1),
+                             accumulate=True)
+
+
+@functools.cache
+def smoothing_operator(size_in, size_out, sigma):
+    """[size_out, size_in] float64 matrix K of one axis: bilinear upsampling (align_corners=False, as
+    F.interpolate), then the Gaussian blur. Both are linear and separable, so a map D becomes K_h D K_w^T:
+    two small matrix products instead of an upsampled copy and two 33-tap convolutions."""
+    basis = torch.eye(size_in, dtype=torch.float64)[:, None]  # size_in signals of length size_in
+    upsample = F.interpolate(basis, size=size_out, mode="linear", align_corners=False)[:, 0].T
+    return blur_matrix(size_out, sigma) @ upsample
 
 
 def to_anomaly_maps(distances, size, sigma=4):
-    """[B,h,w] patch distances -> [B,size,size]: bilinear upsampling, then Gaussian smoothing."""
-    upsampled = F.interpolate(distances[:, None], size=(size, size), mode="bilinear", align_corners=False)
-    return gaussian_blur(upsampled[:, 0], sigma)
+    """[B,h,w] patch distances -> [B,size,size]: bilinear upsampling, then Gaussian smoothing (in float64)."""
+    rows = smoothing_operator(distances.shape[-2], size, sigma).to(distances.device)
+    cols = smoothing_operator(distances.shape[-1], size, sigma).to(distances.device)
+    return (rows @ distances.double() @ cols.T).to(distances.dtype)
 
 
 def image_scores(maps):

@@ -8,10 +8,6 @@ def image_auroc(labels, scores):
     return float(roc_auc_score(np.asarray(labels), np.asarray(scores)))
 
 
-def pixel_auroc(masks, maps):
-    return float(roc_auc_score(np.asarray(masks).ravel(), np.asarray(maps).ravel()))
-
-
 def f1_max(labels, scores):
     """Best F1 over all thresholds."""
     precision, recall, _ = precision_recall_curve(np.asarray(labels), np.asarray(scores))
@@ -20,31 +16,54 @@ def f1_max(labels, scores):
     return float(f1.max())
 
 
-def pro_curve(masks, maps):
-    """Exact (FPR, PRO) curve over every distinct score, as the MVTec AD evaluation code.
+class PixelLabels:
+    """What the pixel metrics need from a test set's masks, computed once and reused by every support round:
+    which pixels are anomalous, and each pixel's PRO weight, 1 / (its region's size * number of regions),
+    where a region is an 8-connected component of one mask (the MVTec AD evaluation's definition)."""
 
-    Lowering the threshold past a pixel adds 1/#normal pixels to the FPR if it is normal, or
-    1/(region size * #regions) to the per-region overlap (PRO) if it lies in a ground-truth region
-    (8-connected component of one mask); so a sort and two cumulative sums give the whole curve.
+    def __init__(self, masks):
+        masks = np.asarray(masks, dtype=bool)
+        per_image = [label(m, connectivity=2) for m in masks]  # 0 outside the regions
+        offsets = np.cumsum([0] + [r.max() for r in per_image[:-1]])  # makes region ids unique across images
+        regions = np.stack([np.where(r > 0, r + offset, 0) for r, offset in zip(per_image, offsets)]).ravel()
+        n_regions = regions.max()
+        if n_regions == 0:
+            raise ValueError("pixel metrics need at least one anomalous pixel in the masks")
+        if masks.all():
+            raise ValueError("pixel metrics need at least one normal pixel in the masks")
+        self.shape = masks.shape
+        self.positive = masks.ravel()
+        self.n_positive = int(np.count_nonzero(self.positive))
+        self.n_negative = self.positive.size - self.n_positive
+        self.pro_weight = np.where(self.positive, 1.0 / (np.bincount(regions)[regions] * n_regions), 0.0)
+
+
+def pixel_metrics(labels, maps, max_fpr=0.3):
+    """(pixel AUROC, AUPRO up to FPR = max_fpr divided by max_fpr) from one sort of every pixel's score.
+
+    Lowering the threshold past a distinct score adds that score's anomalous pixels to the true positives,
+    its normal pixels to the false positives (FPR) and its anomalous pixels' PRO weights to the per-region
+    overlap (PRO); so cumulative sums in descending score order, read at the end of each run of tied scores,
+    give the exact ROC and PRO curves (the points of sklearn's roc_curve and of the MVTec AD code). The ROC
+    area is summed in integers (exact); the PRO curve is only built up to max_fpr.
     """
-    masks, maps = np.asarray(masks, dtype=bool), np.asarray(maps)
-    per_image = [label(m, connectivity=2) for m in masks]  # 0 outside the regions
-    offsets = np.cumsum([0] + [r.max() for r in per_image[:-1]])  # makes region ids unique across images
-    regions = np.stack([np.where(r > 0, r + offset, 0) for r, offset in zip(per_image, offsets)])
-    n_regions = regions.max()
-    if n_regions == 0:
-        raise ValueError("AUPRO needs at least one anomalous pixel in the masks")
-    if masks.all():
-        raise ValueError("AUPRO needs at least one normal pixel in the masks")
-    region_sizes = np.bincount(regions.ravel())
-    pro_step = np.where(masks, 1.0 / (region_sizes[regions] * n_regions), 0.0).ravel()
-    fpr_step = (~masks).ravel() / np.count_nonzero(~masks)
-    order = np.argsort(maps.ravel(), kind="stable")[::-1]
-    scores = maps.ravel()[order]
-    last_of_tie = np.append(scores[1:] != scores[:-1], True)  # one point per distinct threshold
-    fpr = np.cumsum(fpr_step[order])[last_of_tie]
-    pro = np.cumsum(pro_step[order])[last_of_tie]
-    return np.concatenate([[0.0], np.minimum(fpr, 1.0), [1.0]]), np.concatenate([[0.0], np.minimum(pro, 1.0), [1.0]])
+    scores = np.asarray(maps).ravel()
+    if scores.size != labels.positive.size:
+        raise ValueError(f"maps of shape {np.shape(maps)} do not match the masks {labels.shape}")
+    order = np.argsort(scores)[::-1]  # ties are grouped below, so the sort need not be stable
+    ranked = scores[order]
+    ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), scores.size - 1)  # last pixel of each score
+    true_positives = np.cumsum(labels.positive[order])[ends]
+    false_positives = ends + 1 - true_positives
+    steps = np.diff(false_positives, prepend=0)
+    auroc = float(np.dot(steps, true_positives + np.append(0, true_positives[:-1]))) / (
+        2.0 * labels.n_positive * labels.n_negative)
+    # the curve up to the first threshold past max_fpr, which area_up_to interpolates towards
+    last = min(np.searchsorted(false_positives, max_fpr * labels.n_negative, side="right"), len(ends) - 1)
+    pro = np.minimum(np.cumsum(labels.pro_weight[order[:ends[last] + 1]])[ends[:last + 1]], 1.0)
+    fpr = false_positives[:last + 1] / labels.n_negative
+    aupro = area_up_to(np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]]), max_fpr)
+    return auroc, aupro / max_fpr
 
 
 def area_up_to(x, y, x_max):
@@ -56,9 +75,3 @@ def area_up_to(x, y, x_max):
         xs = np.append(xs, x_max)
         ys = np.append(ys, y[inside - 1] + t * (y[inside] - y[inside - 1]))
     return float(np.trapezoid(ys, xs))
-
-
-def aupro(masks, maps, max_fpr=0.3):
-    """Area under the PRO curve up to FPR = max_fpr, divided by max_fpr so it lies in [0, 1]."""
-    fpr, pro = pro_curve(masks, maps)
-    return area_up_to(fpr, pro, max_fpr) / max_fpr

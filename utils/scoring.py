@@ -3,7 +3,7 @@ Gaussians of the restored layer1-3 features -> Mahalanobis anomaly maps for new 
 import torch
 
 from utils.augment import augment_support
-from utils.features import concat_stages
+from utils.features import StageMaps
 from utils.gaussian import fit_gaussian, mahalanobis
 from utils.maps import to_anomaly_maps
 
@@ -24,21 +24,19 @@ class GaussianScorer:
 
     @torch.no_grad()
     def features(self, images):
-        """float images [N, 3, H, W] -> restored stage features concatenated at stride 4."""
-        return torch.cat([concat_stages(self.model.STN(images[s:s + self.batch_size]).restored)
-                          for s in range(0, len(images), self.batch_size)])
+        """float images [N, 3, H, W] -> StageMaps of their restored layer1-3 maps."""
+        return StageMaps.cat([StageMaps.of(self.model.STN(images[s:s + self.batch_size]).restored)
+                              for s in range(0, len(images), self.batch_size)])
 
     def embed(self, images):
-        """uint8 images -> embeddings, converted batch by batch to bound memory."""
-        return torch.cat([self.features(as_float(images[s:s + self.batch_size], self.device))
-                          for s in range(0, len(images), self.batch_size)])
+        """uint8 images -> StageMaps, converted to float batch by batch to bound memory."""
+        return StageMaps.cat([self.features(as_float(images[s:s + self.batch_size], self.device))
+                              for s in range(0, len(images), self.batch_size)])
 
     def fit(self, support):
         """uint8 support images [K, 3, H, W] -> Gaussians over their 22 augmentations each."""
         return fit_gaussian(self.features(augment_support(as_float(support, self.device))))
 
     def maps(self, gaussian, embeddings, image_size):
-        """Embeddings -> blurred anomaly maps [N, image_size, image_size] on the CPU."""
-        return torch.cat([to_anomaly_maps(mahalanobis(gaussian, embeddings[s:s + self.batch_size]),
-                                          image_size).cpu()
-                          for s in range(0, len(embeddings), self.batch_size)])
+        """StageMaps -> blurred anomaly maps [N, image_size, image_size] on the CPU."""
+        return to_anomaly_maps(mahalanobis(gaussian, embeddings), image_size).cpu()

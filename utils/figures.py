@@ -30,13 +30,21 @@ def save_figure(path, image, anomaly_map, title, vmax, mask=None):
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    save_plot(fig, path, dpi=80)
+
+
+def save_plot(fig, path, dpi=100):
+    """Write a figure as PNG atomically (temp file + rename) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(handle)
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def save_test_figures(folder, test, maps):

@@ -1,5 +1,6 @@
 """The paper's test protocol on one category: for each fixed support set, fit, score every test image,
 and compute the metrics. Shared by test.py, train.py (--select_on_test) and bench/run_table.py."""
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,14 +51,26 @@ def summarise(rounds):
     return summary
 
 
+@contextmanager
+def evaluating(model):
+    """The model in eval mode for the block, then back in the mode it had (train.py evaluates mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def evaluate(scorer, test, support_sets, on_round=None):
     """Run every support round; test embeddings are computed once, since only the fitted model changes."""
-    embeddings = scorer.embed(test.images)
-    pixel_labels = PixelLabels(test.masks) if test.masks is not None else None  # the same for every round
-    rounds = []
-    for index, support in enumerate(support_sets):
-        maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1]).numpy()
-        rounds.append(round_metrics(maps, test.labels, pixel_labels))
-        if on_round:
-            on_round(index, rounds[-1], maps)
+    with evaluating(scorer.model):
+        embeddings = scorer.embed(test.images)
+        pixel_labels = PixelLabels(test.masks) if test.masks is not None else None  # the same for every round
+        rounds = []
+        for index, support in enumerate(support_sets):
+            maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1]).numpy()
+            rounds.append(round_metrics(maps, test.labels, pixel_labels))
+            if on_round:
+                on_round(index, rounds[-1], maps)
     return {"rounds": rounds, "summary": summarise(rounds)}

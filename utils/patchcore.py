@@ -5,9 +5,8 @@ nearest-neighbour distance to a memory bank of the support patches, reduced by P
 import torch
 import torch.nn.functional as F
 
-from utils.augment import augment_support
 from utils.maps import to_anomaly_maps
-from utils.scoring import GaussianScorer, as_float
+from utils.scoring import Scorer
 
 BANK_CHUNK = 16384  # bank rows per distance block, bounds the [patches x bank] temporary
 CORESET_FRACTION = 0.01  # PatchCore-1%: keeps K=8 scoring affordable on a CPU
@@ -36,24 +35,23 @@ def greedy_coreset(bank, fraction=CORESET_FRACTION, seed=0):
     return torch.tensor(chosen, device=bank.device)
 
 
-class PatchCoreScorer(GaussianScorer):
-    name = "patchcore"
+class PatchCoreScorer(Scorer):
+    """Nearest-neighbour distance of each test patch to the coreset of the augmented support patches."""
 
-    @torch.no_grad()
-    def features(self, images):
+    join = staticmethod(torch.cat)
+
+    @staticmethod
+    def embedding(restored):
         """PatchCore's locally aware patches: layer2 and layer3 (restored, i.e. identity STN when
         untrained), 3x3 average-pooled, layer3 upsampled to layer2's resolution (stride 8)."""
-        out = []
-        for s in range(0, len(images), self.batch_size):
-            _, layer2, layer3 = self.model.STN(images[s:s + self.batch_size]).restored
-            layer2, layer3 = F.avg_pool2d(layer2, 3, 1, 1), F.avg_pool2d(layer3, 3, 1, 1)
-            layer3 = F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear", align_corners=False)
-            out.append(torch.cat([layer2, layer3], 1))
-        return torch.cat(out)
+        _, layer2, layer3 = restored
+        layer2, layer3 = F.avg_pool2d(layer2, 3, 1, 1), F.avg_pool2d(layer3, 3, 1, 1)
+        layer3 = F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([layer2, layer3], 1)
 
     def fit(self, support):
         """Memory bank [M, C]: the coreset of every patch of every augmented support image."""
-        bank = self.features(augment_support(as_float(support, self.device))).permute(0, 2, 3, 1).flatten(0, 2)
+        bank = self.support_features(support).permute(0, 2, 3, 1).flatten(0, 2)
         return bank[greedy_coreset(bank)]
 
     def maps(self, bank, embeddings, image_size):

@@ -13,29 +13,40 @@ def as_float(images, device):
     return images.to(device).float().div_(255)
 
 
-class GaussianScorer:
-    """RegAD's scorer. embed() is separate from maps() because test images are embedded once and
-    scored against every support round."""
-
-    name = "regad"
+class Scorer:
+    """What evaluate(), test.py, predict.py and train.py call: embed() test images once, fit() on a support
+    set, maps() of embedded images under a fit. A subclass says what an embedding is: embedding() of one
+    batch's restored stage maps, join() of batches. The model's mode is the caller's (evaluate() sets eval)."""
 
     def __init__(self, model, device, batch_size=32):
-        self.model, self.device, self.batch_size = model.eval(), device, batch_size
+        self.model, self.device, self.batch_size = model, device, batch_size
 
-    @torch.no_grad()
     def features(self, images):
-        """float images [N, 3, H, W] -> StageMaps of their restored layer1-3 maps."""
-        return StageMaps.cat([StageMaps.of(self.model.STN(images[s:s + self.batch_size]).restored)
+        """float images [N, 3, H, W] -> embeddings, batch by batch, without gradients."""
+        with torch.no_grad():
+            return self.join([self.embedding(self.model.STN(images[s:s + self.batch_size]).restored)
                               for s in range(0, len(images), self.batch_size)])
 
     def embed(self, images):
-        """uint8 images -> StageMaps, converted to float batch by batch to bound memory."""
-        return StageMaps.cat([self.features(as_float(images[s:s + self.batch_size], self.device))
-                              for s in range(0, len(images), self.batch_size)])
+        """uint8 images -> embeddings, converted to float batch by batch to bound memory."""
+        return self.join([self.features(as_float(images[s:s + self.batch_size], self.device))
+                          for s in range(0, len(images), self.batch_size)])
+
+    def support_features(self, support):
+        """uint8 support images [K, 3, H, W] -> embeddings of their 22 augmentations each."""
+        return self.features(augment_support(as_float(support, self.device)))
+
+
+class GaussianScorer(Scorer):
+    """RegAD's scorer: per-position Gaussians of the restored layer1-3 maps (kept per stage, StageMaps),
+    Mahalanobis distance maps."""
+
+    embedding = staticmethod(StageMaps.of)
+    join = staticmethod(StageMaps.cat)
 
     def fit(self, support):
         """uint8 support images [K, 3, H, W] -> Gaussians over their 22 augmentations each."""
-        return fit_gaussian(self.features(augment_support(as_float(support, self.device))))
+        return fit_gaussian(self.support_features(support))
 
     def maps(self, gaussian, embeddings, image_size):
         """StageMaps -> blurred anomaly maps [N, image_size, image_size] on the CPU."""

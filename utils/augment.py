@@ -14,7 +14,6 @@ ROTATION_ANGLES = [-math.pi / 4, -3 * math.pi / 16, -math.pi / 8, -math.pi / 16,
                    math.pi / 16, math.pi / 8, 3 * math.pi / 16, math.pi / 4]
 TRANSLATIONS = [(0.2, 0.2), (-0.2, 0.2), (-0.2, -0.2), (0.2, -0.2),
                 (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1), (0.1, -0.1)]  # normalised coordinates
-N_AUGMENTATIONS = 1 + len(ROTATION_ANGLES) + len(TRANSLATIONS) + 1 + 1 + 3
 
 
 def affine_thetas():

@@ -5,28 +5,28 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_kernel(sigma, truncate=4.0, dtype=torch.float32, device=None):
-    """scipy.ndimage's 1-D Gaussian: radius int(truncate * sigma + 0.5), normalised to sum 1."""
+def gaussian_kernel(sigma, truncate=4.0):
+    """scipy.ndimage's 1-D Gaussian: radius int(truncate * sigma + 0.5), normalised to sum 1 (float64)."""
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+    return kernel / kernel.sum()
 
 
-def symmetric_indices(n, radius, device=None):
+def symmetric_indices(n, radius):
     """Indices padding a length-n axis by radius with scipy's 'reflect' (d c b a | a b c d | d c b a).
 
     torch's 'reflect' padding is scipy's 'mirror' (the edge sample is not repeated); indexing also
     works when radius > n, where a single flip would not reach.
     """
-    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    i = torch.arange(-radius, n + radius) % (2 * n)
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def blur_matrix(n, sigma):
     """[n, n] float64 matrix of scipy.ndimage.gaussian_filter1d on a length-n signal ('reflect' padding):
     row i holds the weights of output i, so blurring both axes of a map X is B_h X B_w^T."""
-    kernel = gaussian_kernel(sigma, dtype=torch.float64)
+    kernel = gaussian_kernel(sigma)
     taps = torch.arange(len(kernel))
     sources = symmetric_indices(n, len(kernel) // 2)[torch.arange(n)[:, None] + taps]  # [n, taps]
     matrix = torch.zeros(n, n, dtype=torch.float64)

@@ -1,13 +1,14 @@
 """Per-image figures (input | anomaly map | overlay, with the ground-truth outline where a mask
 exists), shared by test.py --save_maps and predict.py."""
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+from utils.io import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(path, image, anomaly_map, title, vmax, mask=None):
@@ -30,13 +31,12 @@ def save_figure(path, image, anomaly_map, title, vmax, mask=None):
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(handle)
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    try:
+        fig.savefig(png, format="png", dpi=80)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, png.getbuffer())
 
 
 def save_test_figures(folder, test, maps):

@@ -99,7 +99,8 @@ class Runner:
 
     def regad(self, target, shot, selected):
         """Train (once for both columns) and score the honest or the test-selected checkpoint."""
-        ckpt = checkpoint_path(self.save_dir, "rotation_scale", shot, target, selected_on_test=selected)
+        ckpt = checkpoint_path(self.save_dir, self.args.backbone, "rotation_scale", shot, target,
+                               selected_on_test=selected)
         select = [] if self.args.no_select_on_test else ["--select_on_test"]
         self.call("train.py", ["--obj", target, "--shot", shot, "--backbone", self.args.backbone, "--epochs",
                                self.args.epochs, "--precision", self.args.precision, "--rounds",

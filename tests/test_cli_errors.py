@@ -193,6 +193,10 @@ def test_predict_with_no_readable_image_fails_before_fitting(tmp_path, out, data
                  "--img_size", "64", "--out", out)
     assert_one_line_error(result, "none of the 2 --images images can be read", "a.png")
     assert "fitting" not in result.stdout and files_under(out) == []
+    (tmp_path / "empty").mkdir()
+    result = run_here("predict.py", "--support", *support, "--images", tmp_path / "empty", *LITE, "--out", out)
+    assert_one_line_error(result, "no image file found in --images")
+    assert "fitting" not in result.stdout and files_under(out) == []
 
 
 def test_predict_save_model_into_a_read_only_folder_fails_before_fitting(tmp_path, out, data_root, read_only):

@@ -137,6 +137,15 @@ def test_mask_of_another_size_than_its_image_is_refused(leather):
         load_mask(item, 64)
 
 
+def test_test_set_without_defective_images_fails_before_any_compute(leather):
+    from utils.evaluation import load_test_data
+    for folder in (leather / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    with pytest.raises(UserError, match="the test set of leather has only normal images; AUROC needs both"):
+        load_test_data(discover_categories(leather.parent)["leather"], 64)
+
+
 def test_all_masks_empty_fails_before_any_compute(leather):
     from utils.evaluation import load_test_data
     for mask in (leather / "ground_truth").rglob("*.png"):

@@ -16,11 +16,11 @@ from tqdm import tqdm
 
 from datasets.mvtec import image_files, load_image
 from utils.checkpoint import code_version, load_model
-from utils.cli import Parser, add_model_args, check_writable_dir, pick_device, run_main
+from utils.cli import Parser, add_model_args, check_writable_dir, check_writable_file, pick_device, run_main
 from utils.errors import UserError
 from utils.figures import save_figure
 from utils.gaussian import Gaussian
-from utils.io import atomic_torch_save, atomic_write_text
+from utils.io import all_or_nothing, atomic_torch_save, atomic_write_text
 from utils.scoring import GaussianScorer
 
 
@@ -54,16 +54,23 @@ def expand(inputs):
     return paths
 
 
-def read_images(paths, size, what):
-    """Decode what can be decoded; unreadable files are named on stderr and skipped."""
-    good, images = [], []
+def read_images(paths, size, option):
+    """Decode what can be decoded; unreadable files are named on stderr and skipped. When none can be read,
+    one error line instead (before any fitting)."""
+    good, images, failures = [], [], []
     for path in paths:
         try:
             images.append(load_image(path, size))
             good.append(path)
         except UserError as exc:
-            print(f"skipped {what} image: {exc}", file=sys.stderr)
-    return good, (torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8))
+            failures.append(exc)
+    if not paths:
+        raise UserError(f"no image file found in {option}; pass image files or folders that hold them")
+    if not images:
+        raise UserError(f"none of the {len(paths)} {option} images can be read (first: {failures[0]})")
+    for failure in failures:
+        print(f"skipped {option} image: {failure}", file=sys.stderr)
+    return good, torch.stack(images)
 
 
 def leave_one_out_scores(scorer, support):
@@ -75,17 +82,11 @@ def leave_one_out_scores(scorer, support):
     return scores
 
 
-def fit(args, device):
-    model, meta = load_model(args.checkpoint, {"backbone": args.backbone, "stn_mode": args.stn_mode,
-                                               "img_size": args.img_size}, args.backbone_weights)
-    model.to(device)
-    size = model.config["img_size"]
-    files, support = read_images(expand(args.support), size, "support")
+def fit(args, model, meta, support_paths, device):
+    files, support = read_images(support_paths, model.config["img_size"], "--support")
     if len(support) < 2 and args.threshold is None:
         raise UserError(f"{len(support)} readable support image(s); the leave-one-out threshold needs at least 2 "
                         "(or pass --threshold)")
-    if len(support) < 1:
-        raise UserError("no readable support image; pass normal images with --support")
     print(f"fitting on {len(support)} support images ({meta['backbone']}, checkpoint {meta['checkpoint']})")
     scorer = GaussianScorer(model, device, args.batch_size)
     gaussian = scorer.fit(support)
@@ -138,20 +139,39 @@ def run(args):
         raise UserError("--fpr must be between 0 and 1")
     out = Path(args.out)
     check_writable_dir(out)
-    device = pick_device(args.device)
-    targets = expand(args.images)
-    scorer, gaussian, info = load_fitted(args, device) if args.model else fit(args, device)
     if args.save_model:
-        atomic_torch_save({"info": info, "gaussian": gaussian.state_dict(), "STN": scorer.model.STN.state_dict()},
-                          args.save_model)
-        print(f"saved the fitted model to {args.save_model}")
+        check_writable_file(args.save_model, "--save_model")
+    device = pick_device(args.device)
+    support_paths, targets = expand(args.support or []), expand(args.images)
+    if args.model:
+        scorer, gaussian, info = load_fitted(args, device)
+        files, images = read_images(targets, info["img_size"], "--images")
+    else:
+        model, meta = load_model(args.checkpoint, {"backbone": args.backbone, "stn_mode": args.stn_mode,
+                                                   "img_size": args.img_size}, args.backbone_weights)
+        files, images = read_images(targets, model.config["img_size"], "--images")  # before minutes of fitting
+        scorer, gaussian, info = fit(args, model.to(device), meta, support_paths, device)
     size, threshold = info["img_size"], info["threshold"]
-    files, images = read_images(targets, size, "input")
-    rows, results = [], []
+    results = []
     for start in tqdm(range(0, len(images), args.batch_size), desc="scoring", disable=None):
         batch = images[start:start + args.batch_size]
         maps = scorer.maps(gaussian, scorer.embed(batch), size).numpy()
         results += list(zip(files[start:start + len(batch)], batch, maps))
+    with all_or_nothing():  # the fit, figures, scores.csv and index.html replace earlier ones together or not at all
+        rows = write_outputs(args, out, info, gaussian, scorer, results)
+    if args.save_model:
+        print(f"saved the fitted model to {args.save_model}")
+    print(f"scored {len(rows)} images ({sum(r['decision'] == 'anomalous' for r in rows)} anomalous at threshold "
+          f"{threshold:.3f}); wrote {out / 'scores.csv'}, {out / 'index.html'}")
+    return rows
+
+
+def write_outputs(args, out, info, gaussian, scorer, results):
+    threshold = info["threshold"]
+    if args.save_model:
+        atomic_torch_save({"info": info, "gaussian": gaussian.state_dict(), "STN": scorer.model.STN.state_dict()},
+                          args.save_model)
+    rows = []
     vmax = max([float(m.max()) for _, _, m in results] + [threshold])
     for index, (path, image, amap) in enumerate(results):
         score = float(amap.max())
@@ -166,8 +186,6 @@ def run(args):
     writer.writerows(rows)
     atomic_write_text(out / "scores.csv", buffer.getvalue())
     write_gallery(out, sorted(rows, key=lambda r: -r["score"]))
-    print(f"scored {len(rows)} images ({sum(r['decision'] == 'anomalous' for r in rows)} anomalous at threshold "
-          f"{threshold:.3f}); wrote {out / 'scores.csv'}, {out / 'index.html'}")
     return rows
 
 

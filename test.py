@@ -9,12 +9,13 @@ import torch
 
 from datasets.mvtec import discover_categories, get_category
 from datasets.support_set import support_sets_for
-from utils.checkpoint import checkpoint_path, code_version, load_model
-from utils.cli import Parser, add_data_args, add_model_args, check_output_prefix, pick_device, run_main
+from utils.checkpoint import code_version, find_checkpoint, load_model, resolve_checkpoint
+from utils.cli import (Parser, add_data_args, add_model_args, check_output_prefix, check_writable_dir, pick_device,
+                       run_main)
 from utils.errors import UserError
 from utils.evaluation import METRICS, evaluate, load_test_data
 from utils.figures import save_test_figures
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import all_or_nothing, atomic_write_json, atomic_write_text
 from utils.patchcore import PatchCoreScorer
 from utils.scoring import GaussianScorer
 from utils.tables import markdown_tables
@@ -31,9 +32,9 @@ def parse_args(argv=None):
     add_data_args(parser)
     add_model_args(parser)
     parser.add_argument("--checkpoint", default="auto",
-                        help="'auto': save_dir/<stn_mode>/<shot>/<obj>/<obj>_<shot>_<stn_mode>_model.pt per "
-                             "category and K; a file (one category and K); or 'none': untrained STN "
-                             "(the registration-free baseline)")
+                        help="'auto': save_dir/<backbone>/<stn_mode>/<shot>/<obj>/<obj>_<shot>_<stn_mode>_model.pt "
+                             "per category and K (of --backbone, or of the only backbone trained); a file (one "
+                             "category and K); or 'none': untrained STN (the registration-free baseline)")
     parser.add_argument("--save_dir", default="save_checkpoints", help="where 'auto' looks for checkpoints")
     parser.add_argument("--method", choices=sorted(SCORERS), default="regad",
                         help="regad: per-position Gaussians (the paper); patchcore: nearest-neighbour baseline")
@@ -48,14 +49,14 @@ def parse_args(argv=None):
 
 
 def checkpoint_for(args, obj, shot):
-    if args.checkpoint in ("none", "auto"):
-        return "none" if args.checkpoint == "none" else checkpoint_path(
-            args.save_dir, args.stn_mode or "rotation_scale", shot, obj)
+    if args.checkpoint == "auto":
+        return find_checkpoint(args.save_dir, args.backbone, args.stn_mode, shot, obj)
     return args.checkpoint
 
 
-def plan(args):
-    """Validate everything up front, so a mistake fails before any compute: [(category, shot, ckpt)]."""
+def plan(args, requested):
+    """Validate everything up front, so a mistake fails before any compute: ([(category, shot, checkpoint,
+    config)], skipped). A K larger than a category's normal pool skips that pair when other pairs can run."""
     if bool(args.obj) == args.all:
         raise UserError("pass either --obj CATEGORY or --all")
     if min(args.shot) < 1 or args.rounds < 1:
@@ -67,18 +68,23 @@ def plan(args):
     if (args.support_set or args.checkpoint not in ("none", "auto")) and len(categories) * len(args.shot) > 1:
         raise UserError("--support_set and a --checkpoint file are for one category and one K; "
                         "use --checkpoint auto (or none) with --all or several --shot values")
-    jobs = []
+    jobs, skipped = [], []
     for category in categories:
         for shot in args.shot:
             if shot > len(category.train_images):
-                raise UserError(f"K={shot} is larger than the {len(category.train_images)} normal training "
-                                f"images of {category.name}; use --shot {len(category.train_images)} or fewer")
+                skipped.append({"category": category.name, "shot": shot, "reason": too_large(category, shot)})
+                continue
             ckpt = checkpoint_for(args, category.name, shot)
-            if ckpt != "none" and not Path(ckpt).is_file():
-                raise UserError(f"checkpoint '{ckpt}' does not exist; train it with train.py --obj "
-                                f"{category.name} --shot {shot}, or pass --checkpoint none")
-            jobs.append((category, shot, ckpt))
-    return jobs
+            config = resolve_checkpoint(ckpt, requested)[0]
+            jobs.append((category, shot, ckpt, config))
+    if not jobs:
+        pool = min(len(c.train_images) for c in categories)
+        raise UserError(f"{skipped[0]['reason']}; use --shot {pool} or fewer")
+    return jobs, skipped
+
+
+def too_large(category, shot):
+    return f"K={shot} is larger than the {len(category.train_images)} normal training images of {category.name}"
 
 
 def format_round(metrics):
@@ -87,44 +93,49 @@ def format_round(metrics):
 
 def run(args):
     device = pick_device(args.device)
-    jobs = plan(args)
+    requested = {"backbone": args.backbone, "stn_mode": args.stn_mode, "img_size": args.img_size}
+    jobs, skipped = plan(args, requested)
     tag = f"{args.method}_{'untrained' if args.checkpoint == 'none' else 'trained'}"
     out = Path(args.out or ROOT / "results" / "runs" / f"{args.obj or 'all'}_{tag}_k{'-'.join(map(str, args.shot))}")
     check_output_prefix(out)
-    requested = {"backbone": args.backbone, "stn_mode": args.stn_mode, "img_size": args.img_size}
+    if args.save_maps:
+        check_writable_dir(args.save_maps)
+    for skip in skipped:
+        print(f"skipping {skip['category']} K={skip['shot']}: {skip['reason']}")
+    tests = {}  # every image decoded and every mask checked before the first evaluation
+    for category, _, _, config in jobs:
+        if (category.name, config["img_size"]) not in tests:
+            tests[(category.name, config["img_size"])] = load_test_data(category, config["img_size"])
+    supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config["img_size"],
+                                 explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
     report = {"command": " ".join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
-              "method": args.method,
-              "torch": torch.__version__, "results": {}}
-    test_cache = {}
-    for category, shot, ckpt in jobs:
-        model, meta = load_model(ckpt, requested, args.backbone_weights)
-        model.to(device)
-        img_size = model.config["img_size"]
-        report.update({k: meta[k] for k in ("backbone", "stn_mode", "img_size")})
-        report["protocol"] = protocol_label(meta, args.method)
-        if (category.name, img_size) not in test_cache:
-            test_cache[(category.name, img_size)] = load_test_data(category, img_size)
-        test = test_cache[(category.name, img_size)]
-        supports = support_sets_for(category, shot, args.rounds, args.seed, args.dataset, img_size,
-                                    explicit=args.support_set, root=ROOT)
-        print(f"== {category.name}  K={shot}  checkpoint={ckpt}  ({len(test.labels)} test images, "
-              f"{'with' if test.masks is not None else 'no'} masks)")
-        started = time.time()
+              "method": args.method, "torch": torch.__version__, "results": {},
+              "skipped": skipped}
+    with all_or_nothing():  # figures and tables replace earlier ones only when the whole run succeeded
+        for (category, shot, ckpt, config), support in zip(jobs, supports):
+            model, meta = load_model(ckpt, requested, args.backbone_weights)
+            model.to(device)
+            report.update({k: meta[k] for k in ("backbone", "stn_mode", "img_size")})
+            report["protocol"] = protocol_label(meta, args.method)
+            test = tests[(category.name, config["img_size"])]
+            print(f"== {category.name}  K={shot}  checkpoint={ckpt}  ({len(test.labels)} test images, "
+                  f"{'with' if test.masks is not None else 'no'} masks)")
+            started = time.time()
 
-        def on_round(index, metrics, maps):
-            print(f"  round {index}: {format_round(metrics)}", flush=True)
-            if args.save_maps and index == 0:  # figures of the first support set
-                save_test_figures(Path(args.save_maps) / category.name / f"k{shot}", test, maps)
+            def on_round(index, metrics, maps):
+                print(f"  round {index}: {format_round(metrics)}", flush=True)
+                if args.save_maps and index == 0:  # figures of the first support set
+                    save_test_figures(Path(args.save_maps) / category.name / f"k{shot}", test, maps)
 
-        scorer = SCORERS[args.method](model, device, args.batch_size)
-        result = evaluate(scorer, test, supports, on_round)
-        result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta)
-        report["results"].setdefault(category.name, {})[str(shot)] = result
-        summary = "  ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items() if s)
-        print(f"  mean over {len(supports)} rounds: {summary}  ({result['seconds']:.1f} s)")
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), markdown_tables(report))
+            scorer = SCORERS[args.method](model, device, args.batch_size)
+            result = evaluate(scorer, test, support, on_round)
+            result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta)
+            report["results"].setdefault(category.name, {})[str(shot)] = result
+            summary = "  ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items() if s)
+            print(f"  mean over {len(support)} rounds: {summary}  ({result['seconds']:.1f} s)")
+        atomic_write_json(out.with_suffix(".json"), report)
+        atomic_write_text(out.with_suffix(".md"), markdown_tables(report))
     print(markdown_tables(report))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return report
@@ -135,6 +146,8 @@ def protocol_label(meta, method):
         return f"few-shot PatchCore baseline ({'untrained' if meta.get('checkpoint') == 'none' else 'trained'} network)"
     if meta.get("checkpoint") == "none":
         return "registration-free baseline (untrained identity STN, ImageNet backbone)"
+    if meta.get("official_format"):
+        return "official checkpoint: epoch selected on test-set AUROC by the official code (optimistic)"
     if meta.get("selected_on_test"):
         return "PAPER PROTOCOL: epoch selected on test-set AUROC (optimistic, not a fair estimate)"
     return "honest: last training epoch, no test-set selection"

@@ -6,6 +6,7 @@ AUROC; that is available only as the explicitly labelled --select_on_test option
 """
 import math
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ def run(args):
     set_precision(args.precision)
     torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     target, pools = split_pools(args)
-    out_dir = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj).parent
+    out_dir = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent
     check_writable_dir(out_dir)
     last_path = out_dir / "last.pt"
     if args.resume and not last_path.is_file():
@@ -140,6 +141,9 @@ def run(args):
                         "it, or another --save_dir")
     resume_state = read_checkpoint(last_path) if args.resume else None
     if resume_state is not None:
+        if not {"optimiser", "meta"} <= set(resume_state):
+            raise UserError(f"'{last_path}' has no optimiser state or meta, so it cannot be resumed (train.py writes "
+                            "both); drop --resume and pass --overwrite to start afresh")
         check_resume(resume_state["meta"], args, stop)
     torch.manual_seed(args.seed)
     model = RegAD(args.backbone, args.stn_mode, args.img_size)
@@ -202,7 +206,7 @@ def run(args):
               flush=True)
         atomic_torch_save({**model.checkpoint_state(), "optimiser": optimiser.state_dict(),
                            "meta": {**model.config, **run_meta(epoch)}}, last_path)
-    final = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj)
+    final = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj)
     save_checkpoint(final, model, run_meta(stop))
     atomic_write_json(out_dir / "train_log.json", {**model.config, **run_meta(stop)})
     if stop < args.epochs:
@@ -248,7 +252,8 @@ class SelectOnTest:
         self.test = load_test_data(target, args.img_size)
         self.supports = support_sets_for(target, args.shot, args.rounds, args.seed, args.dataset,
                                          args.img_size, root=ROOT)
-        self.path = checkpoint_path(args.save_dir, args.stn_mode, args.shot, args.obj, selected_on_test=True)
+        self.path = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj,
+                                    selected_on_test=True)
 
     def resume(self, meta):
         self.best, self.curve = meta.get("best_on_test"), list(meta.get("test_curve", []))
@@ -281,5 +286,21 @@ def check_resume(meta, args, stop):
         raise UserError(f"last.pt is already at epoch {meta['epoch']}; pass a --stop_after larger than that")
 
 
+def resume_hint(args, started):
+    """After Ctrl-C: which finished epoch last.pt holds, and the exact command that continues from it."""
+    try:
+        last_path = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent / "last.pt"
+        fresh = args.resume or last_path.stat().st_mtime >= started  # else it is an earlier run's
+        meta = torch.load(last_path, map_location="cpu", weights_only=True)["meta"] if fresh else None
+    except Exception:  # no last.pt yet, or not one of ours
+        meta = None
+    if meta is None:
+        return "no epoch of this run finished, so nothing was saved"
+    command = [a for a in sys.argv if a not in ("--overwrite", "--resume")]
+    return (f"epoch {meta['epoch']} of {meta['epochs']} is saved in {last_path}; continue with: "
+            f"{shlex.join(['python', *command, '--resume'])}")
+
+
 if __name__ == "__main__":
-    run_main(lambda: run(parse_args()))
+    started, args = time.time(), parse_args()
+    run_main(lambda: run(args), on_interrupt=lambda: resume_hint(args, started))

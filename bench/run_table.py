@@ -113,7 +113,7 @@ class Runner:
 
     def train(self, target, shot):
         """Train, or resume, up to --stop_after (default: the whole schedule); None when nothing can be scored."""
-        honest = checkpoint_path(self.save_dir, "rotation_scale", shot, target)
+        honest = checkpoint_path(self.save_dir, self.args.backbone, "rotation_scale", shot, target)
         stop = self.args.stop_after or self.args.epochs
         reached = checkpoint_epoch(honest)
         if self.args.no_training or (reached or 0) >= stop:
@@ -128,7 +128,8 @@ class Runner:
 
     def regad(self, target, shot, selected):
         """Score the honest (last trained epoch) or the test-selected checkpoint of a trained run."""
-        ckpt = checkpoint_path(self.save_dir, "rotation_scale", shot, target, selected_on_test=selected)
+        ckpt = checkpoint_path(self.save_dir, self.args.backbone, "rotation_scale", shot, target,
+                               selected_on_test=selected)
         if not ckpt.is_file():
             return {"not_run": "no checkpoint yet (train with --stop_after, or without --no_training)"}
         meta = torch.load(ckpt, map_location="cpu", weights_only=True)["meta"]

@@ -5,7 +5,8 @@
     CAT/ground_truth/<defect>/<stem>_mask.png   optional pixel masks of the anomalous test images
 
 Categories are discovered, not listed, so new datasets need no code change. Images are returned as
-uint8 RGB tensors; normalisation belongs to the backbone and happens inside the model.
+uint8 RGB tensors (16-bit files scaled to 8 bits); normalisation belongs to the backbone and happens inside
+the model. Masks are binary: nonzero = defect.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,13 @@ def read_category(root):
     return Category(root.name, root, train, has_test, (root / "ground_truth").is_dir())
 
 
+def folders_without_training_images(data_path):
+    """Sub-folders laid out as a category (with train/ or test/) but without images in train/good: not
+    categories, yet worth naming, since they were surely meant as ones."""
+    return [p for p in sorted(Path(data_path).iterdir()) if p.is_dir() and not image_files(p / "train" / "good")
+            and ((p / "train").is_dir() or (p / "test").is_dir())]
+
+
 def discover_categories(data_path):
     """All categories under data_path, by name."""
     data_path = Path(data_path)
@@ -78,6 +86,9 @@ def discover_categories(data_path):
 
 def get_category(data_path, name, need_test=False):
     categories = discover_categories(data_path)
+    if name not in categories and (Path(data_path) / name).is_dir():
+        raise UserError(f"category '{name}' has no images in {Path(data_path) / name / 'train' / 'good'}; "
+                        "put its normal training images there")
     if name not in categories:
         raise UserError(f"unknown category '{name}' in '{data_path}'; found: {', '.join(categories)}")
     category = categories[name]
@@ -107,22 +118,55 @@ def list_test_set(category):
     return items
 
 
-def open_image(path, mode, size, resample):
+def decode(path, read):
+    """read(opened PIL image), with any decoding failure as one line naming the file."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert(mode).resize((size, size), resample))
+            return read(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); replace or delete the file")
 
 
+def to_8bit(img, path):
+    """Pillow keeps single-channel 16-bit images (PNG/TIFF mode I;16) at 16 bits and its convert() clips them
+    at 255, so a 16-bit photo would be all white: scale them by their bit depth (value >> 8) instead. Pillow
+    already reduces multi-channel 16-bit images to 8 bits; 32-bit ones (I, F) have no known range."""
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+    if img.mode in ("I", "F"):
+        raise UserError(f"image '{path}' has 32-bit pixels (mode {img.mode}) of unknown range; "
+                        "save it as an 8- or 16-bit image")
+    return img
+
+
 def load_image(path, size):
-    """uint8 [3, size, size]; greyscale, palette and RGBA images become RGB. Lanczos as the official code."""
-    return torch.from_numpy(open_image(path, "RGB", size, Image.LANCZOS).copy()).permute(2, 0, 1).contiguous()
+    """uint8 [3, size, size]; greyscale, palette, RGBA and 16-bit images become 8-bit RGB. Lanczos as the
+    official code."""
+    array = decode(path, lambda img: np.asarray(to_8bit(img, path).convert("RGB").resize((size, size),
+                                                                                       Image.LANCZOS)))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def load_mask(path, size):
-    """bool [size, size]; nearest-neighbour resize keeps the mask binary."""
-    return torch.from_numpy(open_image(path, "L", size, Image.NEAREST) > 127)
+def mask_values(img):
+    """The stored values of a single-channel mask (0/1 masks stay 0/1); colour masks as greyscale."""
+    return np.asarray(img if len(img.getbands()) == 1 and img.mode != "P" else img.convert("L"))
+
+
+def load_mask(item, size):
+    """bool [size, size] mask of a TestItem: nonzero = defect, so 0/1 and 0/255 masks both work. A mask with
+    several nonzero values (JPEG-compressed, anti-aliased) or of another size than its image would give wrong
+    pixel metrics, so it is refused. The image's size is read from its header, without decoding it."""
+    image_size = decode(item.path, lambda img: img.size)
+    mask_size, values = decode(item.mask_path, lambda img: (img.size, mask_values(img)))
+    if mask_size != image_size:
+        raise UserError(f"mask '{item.mask_path}' is {mask_size[0]}x{mask_size[1]} but its image '{item.path}' is "
+                        f"{image_size[0]}x{image_size[1]}; a mask must have its image's size")
+    defect = values != 0
+    if defect.any() and (values[defect] != values[defect].flat[0]).any():
+        raise UserError(f"mask '{item.mask_path}' is not binary ({len(np.unique(values))} different values); save it "
+                        "with 0 for normal pixels and one value (1 or 255) for defect pixels, as PNG")
+    resized = Image.fromarray(defect.astype(np.uint8)).resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(resized) > 0)
 
 
 def load_images(paths, size, progress=False):

@@ -5,7 +5,6 @@ lists of train/good file names, generated reproducibly from a seed, and read bot
 
     python -m datasets.support_set --data_path ../shared/data/mvtec-mini --shots 2 4 8 --rounds 10 --seed 668
 """
-import argparse
 import json
 import random
 import zlib
@@ -14,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datasets.mvtec import discover_categories, get_category, load_image
-from utils.cli import run_main
+from datasets.mvtec import discover_categories, folders_without_training_images, get_category, load_image
+from utils.cli import Parser, run_main
 from utils.errors import UserError
-from utils.io import atomic_write_text
+from utils.io import all_or_nothing, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,12 +43,16 @@ def generate_support_sets(train_names, shot, rounds, seed, category):
     return [sorted(rng.sample(pool, shot)) for _ in range(rounds)]
 
 
-def save_support_sets(path, dataset, category, shot, seed, sets):
+def support_text(dataset, category, shot, seed, sets):
     """JSON with one round per line, so the committed files stay short and diffs readable."""
     header = json.dumps({"dataset": dataset, "category": category, "shot": shot, "rounds": len(sets),
                          "seed": seed}, indent=1)[:-2]  # drop the closing "\n}"
     rows = ",\n  ".join(json.dumps(names) for names in sets)
-    atomic_write_text(path, f'{header},\n "sets": [\n  {rows}\n ]\n}}\n')
+    return f'{header},\n "sets": [\n  {rows}\n ]\n}}\n'
+
+
+def save_support_sets(path, dataset, category, shot, seed, sets):
+    atomic_write_text(path, support_text(dataset, category, shot, seed, sets))
 
 
 def load_support_sets(path, category, img_size, shot=None):
@@ -148,7 +151,7 @@ def read_official_sets(path, img_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the fixed support sets of every target category.")
+    parser = Parser(description="Write the fixed support sets of every target category.")
     parser.add_argument("--data_path", required=True, help="MVTec-layout folder (CAT/train/good, CAT/test)")
     parser.add_argument("--dataset", help="name of the sub-folder of --out (default: the data folder's name)")
     parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
@@ -156,6 +159,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=668)
     parser.add_argument("--out", default=str(REPO_ROOT / "support_set"))
     parser.add_argument("--categories", nargs="+", help="default: every category with a test split")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files that hold other sets (e.g. the committed ones)")
     args = parser.parse_args(argv)
 
     dataset = args.dataset or Path(args.data_path).resolve().name
@@ -163,6 +168,9 @@ def main(argv=None):
         categories = [get_category(args.data_path, name, need_test=True) for name in args.categories]
     else:
         categories = [c for c in discover_categories(args.data_path).values() if c.has_test]
+        for folder in folders_without_training_images(args.data_path):
+            print(f"skipping {folder.name}: no images in {folder / 'train' / 'good'}")
+    files = {}  # path -> (category, text); all checked before anything is written
     for category in categories:
         names = [p.name for p in category.train_images]
         for shot in args.shots:
@@ -170,9 +178,24 @@ def main(argv=None):
                 print(f"skipping {category.name} K={shot}: only {len(names)} normal training images")
                 continue
             sets = generate_support_sets(names, shot, args.rounds, args.seed, category.name)
-            path = support_file(args.out, dataset, category.name, shot, args.rounds)
-            save_support_sets(path, dataset, category.name, shot, args.seed, sets)
-            print(f"wrote {path}")
+            decode_sets(sets, category, 16)  # a corrupt training image is named now, not later by test.py
+            text = support_text(dataset, category.name, shot, args.seed, sets)
+            files[support_file(args.out, dataset, category.name, shot, args.rounds)] = text
+    if not files:
+        raise UserError(f"nothing to write: no category of '{args.data_path}' with a test split has at least "
+                        f"{min(args.shots)} normal training images; pass smaller --shots or other --categories")
+    status = {p: "wrote" if not p.is_file() else "unchanged" if p.read_text(encoding="utf-8") == text else "replaced"
+              for p, text in files.items()}
+    replaced = [p for p, done in status.items() if done == "replaced"]
+    if replaced and not args.overwrite:
+        raise UserError(f"'{replaced[0]}' exists and holds other support sets ({len(replaced)} such file(s)); pass "
+                        "--overwrite to replace them, or --out DIR to write elsewhere")
+    with all_or_nothing():
+        for path, text in files.items():
+            if status[path] != "unchanged":
+                atomic_write_text(path, text)
+    for path, done in status.items():
+        print(f"{done} {path}")
 
 
 if __name__ == "__main__":

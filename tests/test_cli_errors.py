@@ -1,26 +1,22 @@
 """Every entry point rejects bad input up front: one 'error:' line on stderr, exit code 2, and no
 checkpoint or result file left behind."""
+import json
 import os
+import shlex
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
-from conftest import run_cli as run
+from conftest import (ROOT, assert_one_line_error, copy_category, files_under, full_disk, run_cli as run, run_here,
+                      temp_files)
 
 
 LITE = ["--backbone", "efficientnet_lite0"]
-
-
-def assert_one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def files_under(folder):
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 @pytest.fixture
@@ -127,3 +123,159 @@ def test_predict_bad_inputs(tmp_path, out):
     assert_one_line_error(result, "--support")
     result = run("predict.py", "--model", tmp_path / "nope.pt", "--images", tmp_path, "--out", out)
     assert_one_line_error(result, "does not exist", "--save_model")
+
+
+# ---- issue 13: silent wrong results, data loss, dead ends; each error is one line before any compute ----
+
+TINY = ["--shot", "2", "--img_size", "64", "--batch_size", "4", "--max_images_per_category", "6", *LITE]
+QUICK_TEST = ["--checkpoint", "none", "--rounds", "1", "--img_size", "64", *LITE]
+
+
+@pytest.fixture
+def leather_data(data_root, tmp_path):
+    """A copy of leather (4 train, 15 test images with 11 masks) to damage."""
+    copy_category(data_root, "leather", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def earlier(path, content=b"an earlier run's file"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_test_mask_of_another_size_fails_before_any_compute(leather_data, tmp_path):
+    mask = sorted((leather_data / "leather" / "ground_truth" / "cut").iterdir())[0]
+    Image.open(mask).resize((200, 224)).save(mask)
+    report = earlier(tmp_path / "r.json")
+    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r")
+    assert_one_line_error(result, f"mask '{mask}' is 200x224 but its image", "is 224x224")
+    assert "round 0" not in result.stdout and report.read_bytes() == b"an earlier run's file"
+    assert not (tmp_path / "r.md").exists() and temp_files(tmp_path) == []
+
+
+def test_test_save_maps_into_a_read_only_folder_fails_before_any_compute(leather_data, tmp_path, read_only):
+    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r",
+                 "--save_maps", read_only / "maps")
+    assert_one_line_error(result, f"'{read_only / 'maps'}'", "writable location")
+    assert "round 0" not in result.stdout and files_under(tmp_path / "r.json") == [] and files_under(read_only) == []
+
+
+def test_test_full_disk_while_saving_maps_keeps_every_earlier_file(leather_data, tmp_path, monkeypatch):
+    report, figure = earlier(tmp_path / "r.json"), earlier(tmp_path / "maps" / "leather" / "k2" / "cut_000.png")
+    full_disk(monkeypatch, after=3)
+    result = run_here("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out",
+                      tmp_path / "r", "--save_maps", tmp_path / "maps")
+    assert_one_line_error(result, "disk full while writing", "earlier files are intact")
+    assert report.read_bytes() == figure.read_bytes() == b"an earlier run's file"
+    assert files_under(tmp_path / "maps") == [figure] and temp_files(tmp_path) == []
+
+
+def test_test_all_runs_the_feasible_pairs_and_records_the_skipped(leather_data, data_root, tmp_path):
+    copy_category(data_root, "bottle", leather_data, train=10, test=2)
+    result = run_here("test.py", "--all", "--shot", "2", "8", "--data_path", leather_data, *QUICK_TEST,
+                      "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    assert "skipping leather K=8: K=8 is larger than the 4 normal training images of leather" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {c: sorted(r) for c, r in report["results"].items()} == {"bottle": ["2", "8"], "leather": ["2"]}
+    assert report["skipped"] == [{"category": "leather", "shot": 8,
+                                  "reason": "K=8 is larger than the 4 normal training images of leather"}]
+    assert "Skipped: leather K=8 (K=8 is larger than the 4 normal training images of leather)." in \
+        (tmp_path / "r.md").read_text()
+
+
+def test_predict_with_no_readable_image_fails_before_fitting(tmp_path, out, data_root):
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    support = sorted((data_root / "bottle" / "train" / "good").iterdir())[:2]
+    result = run("predict.py", "--support", *support, "--images", tmp_path / "a.png", tmp_path / "b.jpg", *LITE,
+                 "--img_size", "64", "--out", out)
+    assert_one_line_error(result, "none of the 2 --images images can be read", "a.png")
+    assert "fitting" not in result.stdout and files_under(out) == []
+    (tmp_path / "empty").mkdir()
+    result = run_here("predict.py", "--support", *support, "--images", tmp_path / "empty", *LITE, "--out", out)
+    assert_one_line_error(result, "no image file found in --images")
+    assert "fitting" not in result.stdout and files_under(out) == []
+
+
+def test_predict_save_model_into_a_read_only_folder_fails_before_fitting(tmp_path, out, data_root, read_only):
+    images = sorted((data_root / "bottle" / "train" / "good").iterdir())[:2]
+    result = run("predict.py", "--support", *images, "--images", *images, *LITE, "--img_size", "64", "--out", out,
+                 "--save_model", read_only / "fit.pt")
+    assert_one_line_error(result, f"'{read_only}' is not writable")
+    assert "fitting" not in result.stdout and files_under(out) == [] and files_under(read_only) == []
+
+
+def test_predict_full_disk_keeps_the_earlier_results(tmp_path, out, data_root, monkeypatch):
+    images = sorted((data_root / "bottle" / "train" / "good").iterdir())[:3]
+    scores = earlier(out / "scores.csv")
+    full_disk(monkeypatch, after=2)
+    result = run_here("predict.py", "--support", *images, "--images", *images, *LITE, "--img_size", "64",
+                      "--out", out, "--save_model", tmp_path / "fit.pt")
+    assert_one_line_error(result, "disk full while writing", "earlier files are intact")
+    assert files_under(out) == [scores] and scores.read_bytes() == b"an earlier run's file"
+    assert not (tmp_path / "fit.pt").exists() and temp_files(tmp_path) == []
+
+
+def test_train_full_disk_during_a_checkpoint_write_keeps_the_earlier_one(data_root, out, monkeypatch):
+    last = earlier(out / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle" / "last.pt")
+    full_disk(monkeypatch)
+    result = run_here("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "1", "--save_dir", out,
+                      "--overwrite", *TINY)
+    assert_one_line_error(result, f"disk full while writing '{last}'", "earlier files are intact")
+    assert files_under(out) == [last] and last.read_bytes() == b"an earlier run's file"
+
+
+def test_train_corrupt_backbone_weights(data_root, out, tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(os.urandom(512))
+    result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, "--backbone", "resnet18",
+                 "--backbone_weights", weights, "--img_size", "64", "--max_images_per_category", "4")
+    assert_one_line_error(result, f"--backbone_weights '{weights}' cannot be read", "resnet18-f37072fd.pth")
+    assert files_under(out) == []
+
+
+def test_train_resume_without_optimiser_state(data_root, out):
+    from models.regad import RegAD
+    from utils.checkpoint import save_checkpoint
+    last = out / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle" / "last.pt"
+    save_checkpoint(last, RegAD("efficientnet_lite0", "rotation_scale", 64), {"shot": 2, "epoch": 1})
+    before = last.read_bytes()
+    result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", out,
+                 "--resume", *TINY)
+    assert_one_line_error(result, f"'{last}' has no optimiser state", "--overwrite")
+    assert files_under(out) == [last] and last.read_bytes() == before
+
+
+def test_train_names_a_corrupt_training_image(data_root, tmp_path, out):
+    data = tmp_path / "data"
+    copy_category(data_root, "leather", data)
+    copy_category(data_root, "cashew", data, train=4)
+    bad = sorted((data / "cashew" / "train" / "good").iterdir())[2]
+    bad.write_bytes(bad.read_bytes()[:300])
+    result = run("train.py", "--obj", "leather", "--data_path", data, "--save_dir", out, "--epochs", "1", *TINY)
+    assert_one_line_error(result, f"cannot read image '{bad}'")
+    assert files_under(out) == []
+
+
+def test_train_ctrl_c_says_how_to_resume(data_root, out):
+    """SIGINT in the second epoch: one line naming the saved epoch and the exact command that continues."""
+    command = [sys.executable, str(ROOT / "train.py"), "--obj", "bottle", "--data_path", str(data_root), "--epochs",
+               "2", "--save_dir", str(out), *TINY]
+    training = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in training.stdout:
+        if line.startswith("  epoch 2/2 batch 10/"):
+            training.send_signal(signal.SIGINT)
+            break
+    _, stderr = training.communicate(timeout=60)
+    last = out / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle" / "last.pt"
+    resume = shlex.join(["python", *command[1:], "--resume"])
+    assert_one_line_error(SimpleNamespace(returncode=training.returncode, stderr=stderr),
+                          f"epoch 1 of 2 is saved in {last}; continue with: {resume}", code=130,
+                          prefix="interrupted; ")
+    assert temp_files(out) == []
+    continued = subprocess.run([sys.executable, *shlex.split(resume)[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert continued.returncode == 0, continued.stderr
+    assert [h["epoch"] for h in torch.load(last, weights_only=True)["meta"]["history"]] == [1, 2]

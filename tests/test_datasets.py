@@ -6,9 +6,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from conftest import copy_category, files_under
 from datasets.mvtec import (discover_categories, get_category, list_test_set, load_image, load_images,
                             load_mask)
 from datasets.sampler import PairSampler, training_pools
@@ -76,9 +79,79 @@ def test_images_are_uint8_rgb_and_masks_binary(categories):
     assert load_images(categories["bottle"].train_images[:3], 32).shape == (3, 3, 32, 32)
 
     defective = next(i for i in list_test_set(categories["bottle"]) if i.label)
-    mask = load_mask(defective.mask_path, 224)
+    mask = load_mask(defective, 224)
     assert mask.dtype == torch.bool and mask.shape == (224, 224)
     assert 0 < mask.sum() < mask.numel()
+
+
+def test_16bit_png_decodes_like_the_8bit_one(categories, tmp_path):
+    """Pillow keeps 16-bit greyscale PNGs at 16 bits and its convert('RGB') clips them to white."""
+    grey = np.asarray(Image.open(categories["bottle"].train_images[0]).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "8bit.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # 0..255 -> 0..65535
+    assert Image.open(tmp_path / "16bit.png").mode == "I;16"
+    eight, sixteen = load_image(tmp_path / "8bit.png", 64), load_image(tmp_path / "16bit.png", 64)
+    assert (eight.int() - sixteen.int()).abs().max() <= 1
+    assert sixteen.float().mean() < 200  # not the all-white image of convert('RGB')
+
+
+def test_32bit_image_of_unknown_range_is_refused(tmp_path):
+    Image.fromarray(np.full((32, 32), 70000, dtype=np.int32)).save(tmp_path / "deep.tif")
+    with pytest.raises(UserError, match="'.*deep.tif' has 32-bit pixels \\(mode I\\).*save it as an 8- or 16-bit"):
+        load_image(tmp_path / "deep.tif", 32)
+
+
+@pytest.fixture
+def leather(data_root, tmp_path):
+    """A copy of leather (4 train, 15 test images, 11 masks) to damage."""
+    return copy_category(data_root, "leather", tmp_path / "data")
+
+
+def first_defect(category_root):
+    return next(i for i in list_test_set(discover_categories(category_root.parent)["leather"]) if i.label)
+
+
+def test_masks_stored_as_0_1_read_as_0_255(leather):
+    from utils.evaluation import load_test_data
+    category = discover_categories(leather.parent)["leather"]
+    reference = load_test_data(category, 64).masks
+    for mask in (leather / "ground_truth").rglob("*.png"):
+        Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8)).save(mask)  # values 0 and 1
+    assert reference.any() and np.array_equal(load_test_data(category, 64).masks, reference)
+
+
+def test_non_binary_mask_is_refused_naming_the_file(leather):
+    item = first_defect(leather)
+    values = np.asarray(Image.open(item.mask_path)).copy()
+    values[values > 0] = np.linspace(1, 255, int((values > 0).sum())).astype(np.uint8)  # e.g. a JPEG'd mask
+    Image.fromarray(values).save(item.mask_path)
+    with pytest.raises(UserError, match=re.escape(f"mask '{item.mask_path}' is not binary")):
+        load_mask(item, 64)
+
+
+def test_mask_of_another_size_than_its_image_is_refused(leather):
+    item = first_defect(leather)
+    Image.open(item.mask_path).resize((100, 120)).save(item.mask_path)
+    with pytest.raises(UserError, match=re.escape(f"mask '{item.mask_path}' is 100x120 but its image '{item.path}' "
+                                                  "is 224x224")):
+        load_mask(item, 64)
+
+
+def test_test_set_without_defective_images_fails_before_any_compute(leather):
+    from utils.evaluation import load_test_data
+    for folder in (leather / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    with pytest.raises(UserError, match="the test set of leather has only normal images; AUROC needs both"):
+        load_test_data(discover_categories(leather.parent)["leather"], 64)
+
+
+def test_all_masks_empty_fails_before_any_compute(leather):
+    from utils.evaluation import load_test_data
+    for mask in (leather / "ground_truth").rglob("*.png"):
+        Image.fromarray(np.zeros((224, 224), np.uint8)).save(mask)
+    with pytest.raises(UserError, match="every mask in .*ground_truth is empty"):
+        load_test_data(discover_categories(leather.parent)["leather"], 64)
 
 
 # ---- user errors ----
@@ -97,6 +170,16 @@ def test_folder_without_categories(tmp_path):
 def test_unknown_category_lists_those_found(data_root):
     with pytest.raises(UserError, match="unknown category 'bottel'.*found: bottle, cashew, leather"):
         get_category(data_root, "bottel")
+
+
+@pytest.mark.parametrize("train_good", ["missing", "empty"])
+def test_category_without_training_images_is_named_as_such(data_root, leather, train_good):
+    copy_category(data_root, "cashew", leather.parent, train=3)
+    shutil.rmtree(leather / "train" / "good")
+    if train_good == "empty":
+        (leather / "train" / "good").mkdir()
+    with pytest.raises(UserError, match=re.escape(f"category 'leather' has no images in {leather}/train/good")):
+        get_category(leather.parent, "leather")
 
 
 def test_training_only_category_is_not_a_target(data_root):
@@ -220,6 +303,59 @@ def test_cli_regenerates_the_committed_files(data_root, tmp_path, capsys):
                                          "mvtec-mini/metal_plate/8_10.json"]
     for path in written:
         assert (tmp_path / path).read_text() == (REPO / "support_set" / path).read_text()
+
+
+def support_cli(capsys, *args):
+    """python -m datasets.support_set ARGS in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        run_main(lambda: main([str(a) for a in args]))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_support_set_cli_never_replaces_other_sets_silently(data_root, tmp_path, capsys):
+    committed = {p: p.read_bytes() for p in (REPO / "support_set").rglob("*.json")}
+    code, _, err = support_cli(capsys, "--data_path", data_root, "--dataset", "mvtec-mini", "--categories", "leather",
+                               "--shots", "2", "--seed", "1")  # default --out: the committed files
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "mvtec-mini/leather/2_10.json' exists and holds other support sets" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in (REPO / "support_set").rglob("*.json")} == committed
+
+    code, out, _ = support_cli(capsys, "--data_path", data_root, "--dataset", "mvtec-mini", "--categories", "leather",
+                               "--shots", "2")  # the committed seed: same sets
+    assert code == 0 and out.startswith("unchanged ") and "leather/2_10.json" in out
+
+    args = ["--data_path", data_root, "--categories", "leather", "--shots", "2", "--out", tmp_path]
+    assert support_cli(capsys, *args)[0] == 0
+    written = next(tmp_path.rglob("*.json"))
+    first = written.read_text()
+    assert support_cli(capsys, *args, "--seed", "1")[0] == 2 and written.read_text() == first
+    code, out, _ = support_cli(capsys, *args, "--seed", "1", "--overwrite")
+    assert code == 0 and out.startswith("replaced ") and written.read_text() != first
+
+
+def test_support_set_cli_names_categories_without_training_images(data_root, leather, capsys):
+    copy_category(data_root, "cashew", leather.parent, train=3)  # training-only
+    shutil.rmtree(leather / "train" / "good")
+    out = leather.parent.parent / "sets"
+    code, stdout, err = support_cli(capsys, "--data_path", leather.parent, "--out", out)
+    assert f"skipping leather: no images in {leather}/train/good" in stdout
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: nothing to write")
+    code, _, err = support_cli(capsys, "--data_path", leather.parent, "--categories", "leather", "--out", out)
+    assert code == 2 and f"category 'leather' has no images in {leather}/train/good" in err
+    assert files_under(out) == []
+
+
+def test_support_set_cli_names_a_corrupt_training_image_before_writing(leather, capsys):
+    bad = sorted((leather / "train" / "good").iterdir())[1]
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    out = leather.parent.parent / "sets"
+    code, _, err = support_cli(capsys, "--data_path", leather.parent, "--shots", "2", "4", "--out", out)
+    assert code == 2 and err.count("\n") == 1 and f"cannot read image '{bad}'" in err
+    assert files_under(out) == []
 
 
 def test_support_sets_for_a_run(categories, tmp_path):

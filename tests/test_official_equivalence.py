@@ -39,7 +39,7 @@ def relative(ours, official):
 
 def official_model(device):
     """The official-format checkpoint, loaded the way test.py loads any checkpoint."""
-    model, meta = load_model(REFERENCE / "checkpoint.pt", {})
+    model, meta = load_model(REFERENCE / "checkpoint.pt", {"stn_mode": "rotation_scale"})  # 3 parameters: ambiguous
     assert meta["backbone"] == "resnet18" and "selected_on_test" not in meta
     return model.to(device)
 

@@ -33,7 +33,7 @@ def trained(data_root, tmp_path_factory):
                  "--save_dir", save_dir, *TINY).stdout
     assert "stopped after epoch 2 of 3" in log and "--resume" in log
     assert "batch 10/" in log  # not a terminal: progress lines instead of a bar
-    return save_dir, save_dir / "rotation_scale" / "2" / "bottle"
+    return save_dir, save_dir / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle"
 
 
 def test_training_writes_the_last_epoch_in_the_official_layout(trained):
@@ -93,7 +93,7 @@ def test_select_on_test_is_kept_apart_and_labelled(data_root, tmp_path):
     log = run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", tmp_path,
                  "--select_on_test", "--rounds", "1", *TINY).stdout
     assert "WARNING" in log
-    folder = tmp_path / "rotation_scale" / "2" / "bottle"
+    folder = tmp_path / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle"
     selected = torch.load(folder / "bottle_2_rotation_scale_model_selected_on_test.pt", weights_only=True)
     honest = torch.load(folder / "bottle_2_rotation_scale_model.pt", weights_only=True)
     assert selected["meta"]["selected_on_test"] and not honest["meta"]["selected_on_test"]

@@ -17,12 +17,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
-def run_main(main):
+def run_main(main, on_interrupt=None):
+    """Ctrl-C ends with one line too (exit code 130, as a shell's), plus on_interrupt()'s hint if given."""
     try:
         main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted{'; ' + on_interrupt() if on_interrupt else ''}", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_data_args(parser):
@@ -68,3 +72,10 @@ def check_writable_dir(folder):
 
 def check_output_prefix(prefix):
     check_writable_dir(Path(prefix).parent)
+
+
+def check_writable_file(path, option):
+    """Fail before any compute if the file given with option cannot be written."""
+    if Path(path).is_dir():
+        raise UserError(f"{option} '{path}' is a folder; pass a file name")
+    check_writable_dir(Path(path).parent)

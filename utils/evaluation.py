@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from datasets.mvtec import list_test_set, load_images, load_mask
+from utils.errors import UserError
 from utils.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -22,13 +23,20 @@ class TestData:
 
 
 def load_test_data(category, img_size, progress=False):
+    """Decoded and checked before any compute, so a test set the metrics cannot score fails here, not after."""
     items = list_test_set(category)
-    images = load_images([item.path for item in items], img_size, progress=progress)
     labels = np.array([item.label for item in items])
+    if labels.min() == labels.max():
+        raise UserError(f"the test set of {category.name} has only {'defective' if labels[0] else 'normal'} "
+                        f"images; AUROC needs both (test/good and test/<defect> in {category.root})")
+    images = load_images([item.path for item in items], img_size, progress=progress)
     masks = None
     if category.has_masks:
         empty = torch.zeros(img_size, img_size, dtype=torch.bool)
-        masks = np.stack([(load_mask(i.mask_path, img_size) if i.mask_path else empty).numpy() for i in items])
+        masks = np.stack([(load_mask(i, img_size) if i.mask_path else empty).numpy() for i in items])
+        if not masks.any():
+            raise UserError(f"every mask in {category.root / 'ground_truth'} is empty; fix the masks (nonzero = "
+                            "defect), or remove that folder to evaluate image-level only")
     return TestData(items, images, labels, masks)
 
 

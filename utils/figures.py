@@ -1,13 +1,14 @@
 """Per-image figures (input | anomaly map | overlay, with the ground-truth outline where a mask
 exists), shared by test.py --save_maps and predict.py."""
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+from utils.io import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(path, image, anomaly_map, title, vmax, mask=None):
@@ -34,17 +35,13 @@ def save_figure(path, image, anomaly_map, title, vmax, mask=None):
 
 
 def save_plot(fig, path, dpi=100):
-    """Write a figure as PNG atomically (temp file + rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(handle)
+    """Write a figure as PNG atomically and close it."""
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, png.getbuffer())
 
 
 def save_test_figures(folder, test, maps):

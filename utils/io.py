@@ -1,36 +1,113 @@
-"""Atomic file writes: a crash or Ctrl-C mid-write never leaves a truncated support set, checkpoint or result."""
+"""Atomic file writes: a crash, Ctrl-C or full disk mid-write never leaves a truncated support set, checkpoint,
+figure or result, and never replaces an earlier file with a broken one.
+
+Each file is first written to `.{name}.{pid}.tmp` next to it (same folder, so the rename is atomic). A process
+killed mid-write (kill -9, power loss) cannot remove its temp file; the next write to the same path does, once
+that pid is no longer alive. Inside `all_or_nothing()` the renames wait until the whole block has succeeded, so
+a run that fails halfway leaves its earlier outputs as they were instead of a mix of old and new files.
+"""
+import errno
+import glob
+import io
 import json
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from utils.errors import UserError
 
+_staged = None  # {path: temp file} inside all_or_nothing()
 
-def _atomic_write(path, write):
-    """Call write(binary_file) on a temp file next to path, then rename it over path in one step."""
+
+def temp_path(path):
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(path):
+    """Delete temp files of path whose writer has died."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.tmp")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(candidate.name)
+        if match and int(match.group(1)) > 0 and not pid_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
+def write_file(tmp, data):
+    """The one place bytes reach the disk (tests replace it to simulate a full disk)."""
+    with open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_error(path, exc):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"disk full while writing '{path}'; free some space and rerun (earlier files are intact: "
+                         "nothing was replaced)")
+    return UserError(f"cannot write '{path}' ({exc.strerror or exc}); choose a writable output location")
+
+
+def atomic_write_bytes(path, data):
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
+        remove_stale_temps(path)
+        write_file(tmp, data)
+        if _staged is None:
+            os.replace(tmp, path)
+        else:
+            _staged[path] = tmp
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write '{path}' ({exc.strerror or exc}); choose a writable output location")
+        raise write_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+@contextmanager
+def all_or_nothing():
+    """Atomic writes inside the block replace their targets only when the block succeeds; on an error or
+    Ctrl-C every staged temp file is removed and no target is touched."""
+    global _staged
+    if _staged is not None:
+        raise RuntimeError("all_or_nothing() blocks do not nest")
+    _staged = {}
+    try:
+        yield
+        for path, tmp in list(_staged.items()):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise write_error(path, exc) from None
+            del _staged[path]
+    finally:
+        for tmp in _staged.values():
+            tmp.unlink(missing_ok=True)
+        _staged = None
+
+
 def atomic_write_text(path, text):
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj, path):
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    """Serialised in memory first, so the disk is written in one place (write_file) with one error path."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def atomic_write_json(path, obj):

@@ -31,4 +31,7 @@ def markdown_tables(report):
         mean_cells = [f"{100 * np.mean(v):.1f}" if v else "n/a" for v in column_means.values()]
         lines += [f"### {TITLES[metric]}", "", "| category | " + " | ".join(f"K={k}" for k in shots) + " |",
                   "|---|" + "---|" * len(shots), *rows, "| **mean** | " + " | ".join(mean_cells) + " |", ""]
+    if report.get("skipped"):
+        lines += ["Skipped: " + "; ".join(f"{s['category']} K={s['shot']} ({s['reason']})" for s in report["skipped"])
+                  + ".", ""]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""The PatchCore baseline's greedy coreset against a direct O(n^2) reference."""
+"""The PatchCore baseline's greedy coreset against a direct O(n^2) reference, and its scorer end to end."""
 import torch
 
-from utils.patchcore import greedy_coreset
+from models.regad import RegAD
+from utils.patchcore import PatchCoreScorer, greedy_coreset
 
 
 def naive_greedy(points, count, first):
@@ -25,3 +26,14 @@ def test_coreset_covers_clusters_that_random_sampling_would_miss():
     big, small = torch.randn(990, 256), torch.randn(10, 256) + 100
     chosen = greedy_coreset(torch.cat([big, small]), fraction=0.01)  # 256 dims: projected
     assert (chosen >= 990).any() and (chosen < 990).any()
+
+
+def test_patchcore_scorer_embeds_fits_and_scores():
+    """test.py's calls (embed, fit, maps) on a tiny untrained network: embed batches its own patch maps."""
+    torch.manual_seed(0)
+    scorer = PatchCoreScorer(RegAD("resnet18", "rotation_scale", 64), torch.device("cpu"), batch_size=2)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    embeddings = scorer.embed(images)
+    assert embeddings.shape == (3, 384, 8, 8)  # layer2 (128) + layer3 (256) at stride 8
+    maps = scorer.maps(scorer.fit(images[:2]), embeddings, 64)
+    assert maps.shape == (3, 64, 64) and torch.isfinite(maps).all()

@@ -51,6 +51,11 @@ class PatchCoreScorer(GaussianScorer):
             out.append(torch.cat([layer2, layer3], 1))
         return torch.cat(out)
 
+    def embed(self, images):
+        """uint8 images -> patch maps [N, C, H, W] (a tensor, not GaussianScorer's StageMaps), batch by batch."""
+        return torch.cat([self.features(as_float(images[s:s + self.batch_size], self.device))
+                          for s in range(0, len(images), self.batch_size)])
+
     def fit(self, support):
         """Memory bank [M, C]: the coreset of every patch of every augmented support image."""
         bank = self.features(augment_support(as_float(support, self.device))).permute(0, 2, 3, 1).flatten(0, 2)

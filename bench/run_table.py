@@ -101,7 +101,7 @@ class Runner:
             if subprocess.run([sys.executable, script, *options], cwd=ROOT).returncode:
                 raise UserError(f"'{self.commands[-1]}' failed (its message is above); fix that and rerun: "
                                 "finished runs are reused")
-        return Path(output)
+        return None if output is None else Path(output)
 
     def baseline(self, method, target, shots):
         out = self.runs / f"{method}_{target}_k{'-'.join(map(str, shots))}"

@@ -72,6 +72,7 @@ def parse_args():
     parser.add_argument("--paper_table", default=str(PAPER_TABLE),
                         help="Markdown table of the paper's per-category numbers, shown beside ours")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--img_size", type=int, help="train.py/test.py --img_size (quick runs; default theirs, 224)")
     parser.add_argument("--out", help="default results/<dataset>_<backbone>[-random]")
     return parser.parse_args()
 
@@ -90,6 +91,7 @@ class Runner:
 
     def common(self):
         extra = ["--backbone_weights", self.args.backbone_weights] if self.args.backbone_weights else []
+        extra += ["--img_size", self.args.img_size] if self.args.img_size else []
         return ["--data_path", self.args.data_path, "--device", self.args.device, *extra]
 
     def call(self, script, options, output):
@@ -101,7 +103,7 @@ class Runner:
             if subprocess.run([sys.executable, script, *options], cwd=ROOT).returncode:
                 raise UserError(f"'{self.commands[-1]}' failed (its message is above); fix that and rerun: "
                                 "finished runs are reused")
-        return Path(output)
+        return None if output is None else Path(output)
 
     def baseline(self, method, target, shots):
         out = self.runs / f"{method}_{target}_k{'-'.join(map(str, shots))}"

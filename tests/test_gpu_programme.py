@@ -1,0 +1,127 @@
+"""bench/gpu_programme.py --dry_run: the GPU programme's whole control flow on the CPU with tiny settings (a copy
+of the tree, a few real images, 64 px, 1 support round, a 2-epoch schedule trained in two resumed pieces), so
+it is known to work before a GPU is lent; then a rerun skips everything, the returned files unpack here
+(--collect) and restore a fresh work folder."""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+STEPS = ["equivalence", "eval_speed", "train_speed", "baselines", "table"]
+RUN = "save_checkpoints/mvtec-tiny_resnet18_e2_fp32/resnet18/rotation_scale/2/bottle"
+
+
+def programme(*args):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_programme.py"), "--dry_run", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=3600)
+
+
+def module():
+    spec = importlib.util.spec_from_file_location("gpu_programme", ROOT / "bench" / "gpu_programme.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def dry_run(data_root, tmp_path_factory):
+    if not (ROOT.parent / "shared" / "reference" / "official" / "checkpoint.pt").is_file():
+        pytest.skip("official reference outputs not found")
+    work = tmp_path_factory.mktemp("programme")
+    first = programme("--work", work, "--time_budget", 3000)  # ~60 s on 2 idle cores; no flaky stop when busy
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return work, first.stdout, json.loads((work / "state.json").read_text())
+
+
+def test_dry_run_runs_every_step_in_order_and_trains_in_resumed_pieces(dry_run):
+    work, stdout, state = dry_run
+    assert list(state["steps"]) == STEPS
+    assert all(state["steps"][name]["status"] == "done" for name in STEPS), state["steps"]
+    assert stdout.index("equivalence: done") < stdout.index("eval_speed: done") < stdout.index(
+        "train_speed: done") < stdout.index("baselines: done") < stdout.index("train bottle k2") < stdout.index(
+        "table: done")
+    logs = {name: (work / "logs" / f"{name}.log").read_text() for name in STEPS}
+    assert "1 passed, 1 skipped" in logs["equivalence"]  # the CPU forward against the official outputs; no CUDA
+    assert "speed-up" in logs["eval_speed"] and "gradient deviation" in logs["train_speed"]
+    assert "--no_training" in logs["baselines"] and "method patchcore" in logs["baselines"]
+    assert state["precision"] in ("fp32", "bf16") and "eval_speed_note" in state  # no git in the copy
+    assert state["runs"] == {"bottle k2": {**state["runs"]["bottle k2"], "epoch": 2, "status": "done"}}
+    training = (work / "logs" / "train_bottle_k2.log").read_text()
+    assert "--stop_after 1" in training and "--stop_after 2" in training and "--resume" in training
+    assert "test set after epoch 0" in training and "test set after epoch 1" in training  # epoch 0 evaluated
+    table = (work / "table.md").read_text()
+    assert "| bottle |" in table and "not trained yet" not in table
+    returned = sorted(p.name for p in (work / "return").iterdir())
+    assert returned[-2:] == ["programme.tar.gz", "state.json"] and len(returned) <= 8
+    assert returned[0] == "models_bottle_k2.tar.part00" and state["returned"] == [RUN]
+
+
+def test_rerun_skips_what_is_done(dry_run):
+    work, _, before = dry_run
+    started = time.time()
+    again = programme("--work", work)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert time.time() - started < 30
+    for name in STEPS[:-1]:
+        assert f"{name}: done earlier, skipped" in again.stdout
+    assert "running" not in again.stdout and "train bottle k2" not in again.stdout
+    after = json.loads((work / "state.json").read_text())
+    assert after["steps"] == before["steps"] and after["runs"] == before["runs"]
+    assert len(after["calls"]) == len(before["calls"]) + 1
+
+
+def test_returned_files_unpack_here_and_restore_a_fresh_machine(dry_run, tmp_path):
+    work, _, state = dry_run
+    module().collect(work / "return", root=tmp_path)
+    for name in ("bottle_2_rotation_scale_model.pt", "bottle_2_rotation_scale_model_selected_on_test.pt"):
+        assert (tmp_path / RUN / name).read_bytes() == (work / "repo" / RUN / name).read_bytes()
+    assert json.loads((tmp_path / "out" / "gpu_programme" / "state.json").read_text())["runs"] == state["runs"]
+    assert any((tmp_path / "results" / "runs" / "mvtec-tiny_resnet18").glob("regad_e2_fp32_bottle_k2_epoch2.json"))
+    fresh = tmp_path / "fresh"  # a new machine: no state, no checkpoints, the carried programme.tar.gz
+    restored = programme("--work", fresh, "--restore", tmp_path / ".carry" / "restore" / "programme.tar.gz")
+    assert restored.returncode == 0 and "restored" in restored.stdout, restored.stderr[-3000:]
+    assert "running" not in restored.stdout and "runs: 1 of 1 done" in restored.stdout
+
+
+def test_time_budget_stops_before_a_step_that_does_not_fit(data_root, tmp_path):
+    short = programme("--work", tmp_path, "--time_budget", 5)
+    assert short.returncode == 0, short.stderr[-3000:]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["steps"] == {} and "does not fit" in state["calls"][-1]["stopped"]
+
+
+def test_a_step_past_the_budget_is_killed_with_its_children(tmp_path):
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+            "print('started', flush=True); time.sleep(60)"
+    started = time.time()
+    status = module().run_logged([sys.executable, "-c", child], tmp_path / "log", tmp_path, timeout=3)
+    assert status == "timeout" and time.time() - started < 20
+    assert "started" in (tmp_path / "log").read_text()
+    assert "time.sleep(60)" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_device_machine_gets_a_shared_folder_pointing_into_the_carried_folders(tmp_path):
+    """On the GPU machine ../shared does not travel: the folders carried in .carry/ stand in for it."""
+    root, link_shared = tmp_path / "repo", module().link_shared
+    for name in ("equivalence/reference/official", "equivalence/data/mvtec-mini/bottle"):
+        (root / ".carry" / name).mkdir(parents=True)
+    link_shared(root)  # call 1: the equivalence carry only
+    shared = tmp_path / "shared"
+    assert (shared / "data").resolve() == (root / ".carry/equivalence/data").resolve()
+    assert (shared / "reference/official").is_dir() and not (shared / "weights").exists()
+    for name in ("train/data/mvtec-mini/cashew", "train/weights"):
+        (root / ".carry" / name).mkdir(parents=True)
+    link_shared(root)  # a later call on the same machine: the full data wins, the reference stays
+    assert (shared / "data").resolve() == (root / ".carry/train/data").resolve()
+    assert (shared / "weights").resolve() == (root / ".carry/train/weights").resolve()
+    assert (shared / "reference").resolve() == (root / ".carry/equivalence/reference").resolve()
+    other = tmp_path / "other"  # a real ../shared (the CPU machine) is left alone
+    (other / "repo" / ".carry" / "train" / "data").mkdir(parents=True)
+    (other / "shared").mkdir()
+    link_shared(other / "repo")
+    assert list((other / "shared").iterdir()) == []

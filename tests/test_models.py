@@ -135,23 +135,6 @@ def test_restoration_composes_inverses_in_reverse_order():
     assert (wrong - x)[centre].abs().max() > 10 * (right - x)[centre].abs().max()
 
 
-def test_stnnet_restored_maps_undo_a_fixed_warp():
-    """With a constant transform regressed by stn1, the restored layer1 map equals the unwarped layer1 output."""
-    torch.manual_seed(0)
-    model = RegAD("resnet18", "rotation_scale", img_size=64).eval()
-    with torch.no_grad():
-        model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.15, 0.95, 1.05]))
-        images = torch.rand(2, 3, 64, 64)
-        stem = model.STN.maxpool(model.STN.relu(model.STN.bn1(model.STN.conv1(images))))
-        layer1 = model.STN.layer1(stem)
-        restored = model.STN(images).restored
-    assert restored[0].shape == layer1.shape
-    theta = params_to_theta(torch.tensor([[0.15, 0.95, 1.05]]), "rotation_scale").expand(2, 2, 3)
-    expected = warp(warp(layer1, theta), invert_theta(theta))  # same two resamplings, done directly
-    assert torch.allclose(restored[0], expected, atol=1e-5)
-    assert [r.shape[-1] for r in restored] == [16, 8, 4]  # each stage keeps its own resolution
-
-
 def official_state_dict(stn_params=3):
     """The official checkpoint layout, written out from its known key list and shapes."""
     def conv(out, cin, k):
@@ -255,7 +238,6 @@ def test_one_training_step_lowers_the_loss_and_reaches_every_parameter(precision
         if name in unused:
             continue
         assert param.grad is not None and param.grad.abs().sum() > 0, name
-    assert any(n.startswith(f"STN.stn{i}.conv.0") for n, _ in model.named_parameters() for i in (1, 2, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

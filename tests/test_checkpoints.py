@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import copy_category, run_here
+from models.backbones import BACKBONES
 from models.regad import RegAD
-from models.stn import BACKBONES, STN_MODES
+from models.stn import STN_MODES
 from utils.checkpoint import checkpoint_path, find_checkpoint, load_model, resolve_checkpoint
 from utils.errors import UserError
 

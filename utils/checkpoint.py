@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from models.regad import RegAD
-from models.stn import BACKBONES, STN_MODES, backbone_stages
+from models.backbones import BACKBONES
+from models.stn import STN_MODES
 from utils.errors import UserError
 from utils.io import atomic_torch_save
 
@@ -48,7 +49,7 @@ def describe(config):
 
 def stage_channels(backbone):
     with torch.device("meta"):  # shapes only, nothing allocated
-        return backbone_stages(backbone)[2]
+        return BACKBONES[backbone].stages()[2]
 
 
 def official_config(stn, asked, path):

@@ -36,7 +36,8 @@ def add_data_args(parser):
 
 def add_model_args(parser, defaults=False):
     """Network options. Without defaults, None means 'take it from the checkpoint'."""
-    from models.stn import BACKBONES, STN_MODES
+    from models.backbones import BACKBONES
+    from models.stn import STN_MODES
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet18" if defaults else None,
                         help="default resnet18 (the paper's), or the checkpoint's")
     parser.add_argument("--backbone_weights", help="resnet18 ImageNet state dict (resnet18-f37072fd.pth); "

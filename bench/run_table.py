@@ -344,7 +344,7 @@ def save_learning_curves(path, regad_cells):
         history = result["curve"]["history"]
         loss_ax = ax.twinx()
         loss_ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], "k--", label="train loss")
-        loss_ax.set_ylabel("train loss")
+        loss_ax.set_ylabel("train loss (dashed)")
         ax.set(title=f"{name} K={k} (epoch {result['epoch']}/{result['epochs']})", xlabel="epoch",
                ylabel="test AUROC (mean of rounds)")
         ax.legend(loc="lower left", fontsize=7)

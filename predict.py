@@ -88,7 +88,7 @@ def fit(args, model, meta, support_paths, device):
         raise UserError(f"{len(support)} readable support image(s); the leave-one-out threshold needs at least 2 "
                         "(or pass --threshold)")
     print(f"fitting on {len(support)} support images ({meta['backbone']}, checkpoint {meta['checkpoint']})")
-    scorer = GaussianScorer(model, device, args.batch_size)
+    scorer = GaussianScorer(model, device, args.eval_batch_size)
     gaussian = scorer.fit(support)
     if args.threshold is not None:
         threshold, loo = args.threshold, None
@@ -116,7 +116,7 @@ def load_fitted(args, device):
     model.STN.load_state_dict(saved["STN"])
     if args.threshold is not None:
         info = {**info, "threshold": args.threshold, "fpr": None}
-    return GaussianScorer(model.to(device), device, args.batch_size), gaussian, info
+    return GaussianScorer(model.to(device), device, args.eval_batch_size), gaussian, info
 
 
 def write_gallery(out, rows):
@@ -153,8 +153,8 @@ def run(args):
         scorer, gaussian, info = fit(args, model.to(device), meta, support_paths, device)
     size, threshold = info["img_size"], info["threshold"]
     results = []
-    for start in tqdm(range(0, len(images), args.batch_size), desc="scoring", disable=None):
-        batch = images[start:start + args.batch_size]
+    for start in tqdm(range(0, len(images), args.eval_batch_size), desc="scoring", disable=None):
+        batch = images[start:start + args.eval_batch_size]
         maps = scorer.maps(gaussian, scorer.embed(batch), size).numpy()
         results += list(zip(files[start:start + len(batch)], batch, maps))
     with all_or_nothing():  # the fit, figures, scores.csv and index.html replace earlier ones together or not at all

@@ -128,7 +128,7 @@ def run(args):
                 if args.save_maps and index == 0:  # figures of the first support set
                     save_test_figures(Path(args.save_maps) / category.name / f"k{shot}", test, maps)
 
-            scorer = SCORERS[args.method](model, device, args.batch_size)
+            scorer = SCORERS[args.method](model, device, args.eval_batch_size)
             result = evaluate(scorer, test, support, on_round)
             result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta)
             report["results"].setdefault(category.name, {})[str(shot)] = result

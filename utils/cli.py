@@ -45,8 +45,12 @@ def add_model_args(parser, defaults=False):
     parser.add_argument("--stn_mode", choices=list(STN_MODES), default="rotation_scale" if defaults else None)
     parser.add_argument("--img_size", type=int, default=224 if defaults else None)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="queries per training batch (the paper: 32); images per forward pass when testing")
+    if defaults:  # training
+        parser.add_argument("--batch_size", type=int, default=32,
+                            help="queries per training step, each with K supports (the paper: 32)")
+    else:
+        parser.add_argument("--eval_batch_size", type=int, default=32,
+                            help="images per forward pass when embedding (memory only; results do not change)")
 
 
 def pick_device(name):

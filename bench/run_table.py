@@ -143,10 +143,10 @@ class Runner:
                   out.with_suffix(".json"))
         result = json.loads(out.with_suffix(".json").read_text())["results"][target][str(shot)]
         history = meta["history"]
+        cpu = [h["cpu_seconds"] for h in history if "cpu_seconds" in h]  # recorded since commit a189207
         result.update(epoch=meta["epoch"], epochs=meta.get("epochs", self.args.epochs),
                       train_seconds_per_epoch=float(np.mean([h["seconds"] for h in history])) if history else None,
-                      train_cpu_seconds_per_epoch=float(np.mean([h["cpu_seconds"] for h in history]))
-                      if history and all("cpu_seconds" in h for h in history) else None)
+                      train_cpu_seconds_per_epoch=float(np.mean(cpu)) if cpu else None)
         if not selected:  # the learning curve of the run, from its last epoch's meta
             result["curve"] = {"history": history, "test_curve": meta.get("test_curve", [])}
         return result
@@ -260,7 +260,8 @@ def markdown(args, runner, cells, hardware, paper):
     training = training_line(args, cells)
     lines = [f"# RegAD on {runner.dataset}, backbone {runner.tag}", "",
              f"Data `{args.data_path}`; backbone `{args.backbone}`"
-             f"{' with RANDOM init (not the paper setting)' if args.backbone_weights == 'random' else ' (ImageNet)'}; "
+             f"{' with RANDOM init (not the paper setting)' if args.backbone_weights == 'random' else ' (ImageNet)'}"
+             f"{f', weights `{args.backbone_weights}`' if args.backbone_weights not in (None, 'random') else ''}; "
              f"stn_mode rotation_scale; 224 px; {args.rounds} fixed support sets per (category, K), seed {args.seed}; "
              f"{training}; code {code_version()}.",
              f"Hardware: {hardware}.", "",

@@ -120,8 +120,8 @@ def validation_loss(model, sampler, images, device, precision):
 
 
 def run(args):
-    if args.shot < 1 or args.epochs < 1 or args.batch_size < 1:
-        raise UserError("--shot, --epochs and --batch_size must be at least 1")
+    if args.shot < 1 or args.epochs < 1:
+        raise UserError("--shot and --epochs must be at least 1")
     stop = args.epochs if args.stop_after is None else args.stop_after
     if not 1 <= stop <= args.epochs:
         raise UserError(f"--stop_after must be between 1 and --epochs ({args.epochs})")

@@ -38,6 +38,7 @@ def test_train_missing_data_folder(tmp_path, out):
 @pytest.mark.parametrize("option,value,fragment", [("--backbone", "resnet50", "invalid choice"),
                                                    ("--stn_mode", "spin", "invalid choice"),
                                                    ("--shot", "0", "at least 1"),
+                                                   ("--batch_size", "0", "must be at least 1"),
                                                    ("--precision", "tf32", "needs a CUDA device")])
 def test_train_bad_options(data_root, out, option, value, fragment):
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, *LITE, option, value)
@@ -279,3 +280,10 @@ def test_train_ctrl_c_says_how_to_resume(data_root, out):
     continued = subprocess.run([sys.executable, *shlex.split(resume)[1:]], cwd=ROOT, capture_output=True, text=True)
     assert continued.returncode == 0, continued.stderr
     assert [h["epoch"] for h in torch.load(last, weights_only=True)["meta"]["history"]] == [1, 2]
+
+
+def test_test_eval_batch_size_must_be_positive(data_root, out):
+    result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", "none", *LITE,
+                 "--eval_batch_size", "0", "--out", out / "r")
+    assert_one_line_error(result, "--eval_batch_size", "at least 1")
+    assert files_under(out) == []

@@ -46,11 +46,19 @@ def add_model_args(parser, defaults=False):
     parser.add_argument("--img_size", type=int, default=224 if defaults else None)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     if defaults:  # training
-        parser.add_argument("--batch_size", type=int, default=32,
+        parser.add_argument("--batch_size", type=positive_int, default=32,
                             help="queries per training step, each with K supports (the paper: 32)")
     else:
-        parser.add_argument("--eval_batch_size", type=int, default=32,
+        parser.add_argument("--eval_batch_size", type=positive_int, default=32,
                             help="images per forward pass when embedding (memory only; results do not change)")
+
+
+def positive_int(text):
+    """argparse type: an integer of at least 1 (argparse turns the error into one line)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def pick_device(name):

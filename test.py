@@ -10,8 +10,7 @@ import torch
 from datasets.mvtec import discover_categories, get_category
 from datasets.support_set import support_sets_for
 from utils.checkpoint import code_version, find_checkpoint, load_model, resolve_checkpoint
-from utils.cli import (Parser, add_data_args, add_model_args, check_output_prefix, check_writable_dir, pick_device,
-                       run_main)
+from utils.cli import Parser, add_data_args, add_model_args, check_writable_dir, pick_device, run_main
 from utils.errors import UserError
 from utils.evaluation import METRICS, evaluate, load_test_data
 from utils.figures import save_test_figures
@@ -97,7 +96,7 @@ def run(args):
     jobs, skipped = plan(args, requested)
     tag = f"{args.method}_{'untrained' if args.checkpoint == 'none' else 'trained'}"
     out = Path(args.out or ROOT / "results" / "runs" / f"{args.obj or 'all'}_{tag}_k{'-'.join(map(str, args.shot))}")
-    check_output_prefix(out)
+    check_writable_dir(out.parent)
     if args.save_maps:
         check_writable_dir(args.save_maps)
     for skip in skipped:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from utils.errors import UserError
 
@@ -169,9 +168,9 @@ def load_mask(item, size):
     return torch.from_numpy(np.asarray(resized) > 0)
 
 
-def load_images(paths, size, progress=False):
+def load_images(paths, size):
     """uint8 [N, 3, size, size], decoded once so training and testing can keep them in memory."""
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc="decoding images", disable=not progress, leave=False)):
+    for i, path in enumerate(paths):
         images[i] = load_image(path, size)
     return images

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from utils.maps import blur_matrix, image_scores, to_anomaly_maps
+from utils.maps import blur_matrix, to_anomaly_maps
 
 
 @pytest.mark.parametrize("shape, sigma", [((3, 40, 40), 4), ((2, 9, 13), 4), ((2, 30, 25), 1.5)])
@@ -33,11 +33,3 @@ def test_to_anomaly_maps_equals_upsample_then_scipy():
     up[np.arange(28), hi] += frac
     for got, d in zip(out.numpy(), distances.numpy()):
         np.testing.assert_allclose(got, gaussian_filter(up @ d @ up.T, sigma=4), rtol=1e-10, atol=1e-10)
-
-
-def test_image_scores_are_map_maxima():
-    maps = torch.rand(4, 10, 10)
-    maps[2, 3, 7] = 5.0
-    scores = image_scores(maps)
-    assert scores[2] == 5.0
-    assert torch.equal(scores, torch.tensor([m.max() for m in maps]))

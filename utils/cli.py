@@ -83,10 +83,6 @@ def check_writable_dir(folder):
         raise UserError(f"output folder '{folder}' is not writable; choose a writable location")
 
 
-def check_output_prefix(prefix):
-    check_writable_dir(Path(prefix).parent)
-
-
 def check_writable_file(path, option):
     """Fail before any compute if the file given with option cannot be written."""
     if Path(path).is_dir():

@@ -22,14 +22,14 @@ class TestData:
     masks: np.ndarray | None
 
 
-def load_test_data(category, img_size, progress=False):
+def load_test_data(category, img_size):
     """Decoded and checked before any compute, so a test set the metrics cannot score fails here, not after."""
     items = list_test_set(category)
     labels = np.array([item.label for item in items])
     if labels.min() == labels.max():
         raise UserError(f"the test set of {category.name} has only {'defective' if labels[0] else 'normal'} "
                         f"images; AUROC needs both (test/good and test/<defect> in {category.root})")
-    images = load_images([item.path for item in items], img_size, progress=progress)
+    images = load_images([item.path for item in items], img_size)
     masks = None
     if category.has_masks:
         empty = torch.zeros(img_size, img_size, dtype=torch.bool)

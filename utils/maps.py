@@ -1,4 +1,4 @@
-"""Patch distances -> image-sized anomaly maps and image scores, as the official post-processing."""
+"""Patch distances -> image-sized anomaly maps, as the official post-processing."""
 import functools
 
 import torch
@@ -49,8 +49,3 @@ def to_anomaly_maps(distances, size, sigma=4):
     rows = smoothing_operator(distances.shape[-2], size, sigma).to(distances.device)
     cols = smoothing_operator(distances.shape[-1], size, sigma).to(distances.device)
     return (rows @ distances.double() @ cols.T).to(distances.dtype)
-
-
-def image_scores(maps):
-    """Image-level anomaly score: the maximum of its map, [B,H,W] -> [B]."""
-    return maps.flatten(1).amax(1)

@@ -29,13 +29,13 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from datasets.mvtec import get_category
 from datasets.support_set import support_sets_for
-from utils.augment import augment_support
 from utils.checkpoint import load_model
 from utils.cli import pick_device, run_main
+from utils.errors import UserError
 from utils.evaluation import evaluate, load_test_data
 from utils.gaussian import fit_gaussian, mahalanobis
 from utils.hardware import describe_machine, timed
-from utils.scoring import GaussianScorer, as_float
+from utils.scoring import GaussianScorer
 
 START = time.perf_counter()
 RATIO_TARGET, EVAL_TARGET_S, METRICS_SPEEDUP_TARGET = 30, 20, 5
@@ -131,8 +131,10 @@ def baseline_evaluation(args):
         options += ["--backbone_weights", weights if weights == "random" else str(Path(weights).resolve())]
     with tempfile.TemporaryDirectory() as folder:
         tree = Path(folder) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT, check=True,
-                       capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT,
+                               capture_output=True, text=True)
+        if added.returncode:
+            raise UserError(f"--baseline {args.baseline} is not a commit of this checkout; pass one from git log")
         try:
             run = subprocess.run([sys.executable, "bench/eval_speed.py", *options], cwd=tree, capture_output=True,
                                  text=True)
@@ -146,7 +148,7 @@ def baseline_evaluation(args):
 def gaussian_speed(args, device, model, test, supports):
     """(a): the same real features through our batched code and through the official loops."""
     scorer = GaussianScorer(model, device)
-    support = scorer.features(augment_support(as_float(supports[0], device)))  # what GaussianScorer.fit fits
+    support = scorer.support_features(supports[0])  # what GaussianScorer.fit fits
     queries = scorer.embed(test.images[:args.n_test or None])
     n, c, (h, w) = len(support), support.channels, support.shape
     positions = min(args.naive_positions or h * w, h * w)

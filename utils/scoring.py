@@ -21,15 +21,19 @@ class Scorer:
     def __init__(self, model, device, batch_size=32):
         self.model, self.device, self.batch_size = model, device, batch_size
 
+    @torch.no_grad()
+    def batch_embedding(self, images):
+        """One batch of float images -> its embedding."""
+        return self.embedding(self.model.STN(images).restored)
+
     def features(self, images):
-        """float images [N, 3, H, W] -> embeddings, batch by batch, without gradients."""
-        with torch.no_grad():
-            return self.join([self.embedding(self.model.STN(images[s:s + self.batch_size]).restored)
-                              for s in range(0, len(images), self.batch_size)])
+        """float images [N, 3, H, W] -> embeddings, batch by batch."""
+        return self.join([self.batch_embedding(images[s:s + self.batch_size])
+                          for s in range(0, len(images), self.batch_size)])
 
     def embed(self, images):
         """uint8 images -> embeddings, converted to float batch by batch to bound memory."""
-        return self.join([self.features(as_float(images[s:s + self.batch_size], self.device))
+        return self.join([self.batch_embedding(as_float(images[s:s + self.batch_size], self.device))
                           for s in range(0, len(images), self.batch_size)])
 
     def support_features(self, support):

@@ -15,13 +15,16 @@ import torch
 from tqdm import tqdm
 
 from datasets.mvtec import image_files, load_image
-from utils.checkpoint import code_version, load_model
-from utils.cli import Parser, add_model_args, check_writable_dir, check_writable_file, pick_device, run_main
+from models.checkpoint import load_model
+from models.config import ModelConfig
+from scoring.gaussian import Gaussian
+from scoring.maps import image_scores
+from scoring.scorers import GaussianScorer
+from utils.cli import Parser, add_device_args, check_writable_dir, check_writable_file, pick_device, run_main
 from utils.errors import UserError
 from utils.figures import save_figure
-from utils.gaussian import Gaussian
-from utils.io import all_or_nothing, atomic_torch_save, atomic_write_text
-from utils.scoring import GaussianScorer
+from utils.hardware import code_version
+from utils.io import all_or_nothing, atomic_torch_save, atomic_write_text, read_torch_file
 
 
 def parse_args(argv=None):
@@ -30,7 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--images", nargs="+", required=True, help="images to score: folder(s) and/or files")
     parser.add_argument("--checkpoint", default="none", help="trained RegAD checkpoint, or 'none' for the "
                                                              "untrained network (ImageNet features)")
-    add_model_args(parser)
+    ModelConfig.add_args(parser, defaults=False)
+    add_device_args(parser, training=False)
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--fpr", type=float, default=0.05,
                         help="false-positive rate for the leave-one-out threshold on the support images")
@@ -78,12 +82,12 @@ def leave_one_out_scores(scorer, support):
     scores = []
     for i in range(len(support)):
         gaussian = scorer.fit(torch.cat([support[:i], support[i + 1:]]))
-        scores.append(float(scorer.maps(gaussian, scorer.embed(support[i:i + 1]), support.shape[-1]).max()))
+        scores.append(float(image_scores(scorer.maps(gaussian, scorer.embed(support[i:i + 1]), support.shape[-1]))))
     return scores
 
 
 def fit(args, model, meta, support_paths, device):
-    files, support = read_images(support_paths, model.config["img_size"], "--support")
+    files, support = read_images(support_paths, model.config.img_size, "--support")
     if len(support) < 2 and args.threshold is None:
         raise UserError(f"{len(support)} readable support image(s); the leave-one-out threshold needs at least 2 "
                         "(or pass --threshold)")
@@ -97,22 +101,20 @@ def fit(args, model, meta, support_paths, device):
         threshold = float(np.quantile(loo, 1 - args.fpr))
         print(f"leave-one-out support scores {', '.join(f'{s:.2f}' for s in loo)} -> threshold {threshold:.3f} "
               f"(FPR {args.fpr})")
-    info = {**model.config, "checkpoint": meta["checkpoint"], "support": [str(f) for f in files],
+    info = {**model.config.as_dict(), "checkpoint": meta["checkpoint"], "support": [str(f) for f in files],
             "threshold": threshold, "fpr": None if loo is None else args.fpr, "loo_scores": loo,
             "code_version": code_version()}
     return scorer, gaussian, info
 
 
 def load_fitted(args, device):
-    path = Path(args.model)
-    if not path.is_file():
-        raise UserError(f"fitted model '{path}' does not exist; create it with --save_model")
+    fix = "pass a model saved by predict.py --save_model"
+    saved = read_torch_file(args.model, "fitted model", missing="create it with --save_model", unreadable=fix)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         info, gaussian = saved["info"], Gaussian.from_dict(saved["gaussian"])
     except Exception as exc:
-        raise UserError(f"'{path}' is not a model saved by predict.py --save_model ({type(exc).__name__})")
-    model, _ = load_model("none", {k: info[k] for k in ("backbone", "stn_mode", "img_size")}, "random")
+        raise UserError(f"'{args.model}' is not a model saved by predict.py --save_model ({type(exc).__name__})")
+    model, _ = load_model("none", ModelConfig.from_meta(info).as_dict(), "random")
     model.STN.load_state_dict(saved["STN"])
     if args.threshold is not None:
         info = {**info, "threshold": args.threshold, "fpr": None}
@@ -147,16 +149,15 @@ def run(args):
         scorer, gaussian, info = load_fitted(args, device)
         files, images = read_images(targets, info["img_size"], "--images")
     else:
-        model, meta = load_model(args.checkpoint, {"backbone": args.backbone, "stn_mode": args.stn_mode,
-                                                   "img_size": args.img_size}, args.backbone_weights)
-        files, images = read_images(targets, model.config["img_size"], "--images")  # before minutes of fitting
+        model, meta = load_model(args.checkpoint, ModelConfig.options(args), args.backbone_weights)
+        files, images = read_images(targets, model.config.img_size, "--images")  # before minutes of fitting
         scorer, gaussian, info = fit(args, model.to(device), meta, support_paths, device)
     size, threshold = info["img_size"], info["threshold"]
     results = []
     for start in tqdm(range(0, len(images), args.eval_batch_size), desc="scoring", disable=None):
         batch = images[start:start + args.eval_batch_size]
-        maps = scorer.maps(gaussian, scorer.embed(batch), size).numpy()
-        results += list(zip(files[start:start + len(batch)], batch, maps))
+        maps = scorer.maps(gaussian, scorer.embed(batch), size)
+        results += list(zip(files[start:start + len(batch)], batch, maps.numpy(), image_scores(maps).tolist()))
     with all_or_nothing():  # the fit, figures, scores.csv and index.html replace earlier ones together or not at all
         rows = write_outputs(args, out, info, gaussian, scorer, results)
     if args.save_model:
@@ -172,9 +173,8 @@ def write_outputs(args, out, info, gaussian, scorer, results):
         atomic_torch_save({"info": info, "gaussian": gaussian.state_dict(), "STN": scorer.model.STN.state_dict()},
                           args.save_model)
     rows = []
-    vmax = max([float(m.max()) for _, _, m in results] + [threshold])
-    for index, (path, image, amap) in enumerate(results):
-        score = float(amap.max())
+    vmax = max([score for *_, score in results] + [threshold])
+    for index, (path, image, amap, score) in enumerate(results):
         decision = "anomalous" if score > threshold else "normal"
         figure = f"figures/{index:04d}_{path.stem}.png"
         save_figure(out / figure, image, amap, f"{path.name}  score {score:.2f}  ({decision}, threshold "

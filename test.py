@@ -9,14 +9,16 @@ import torch
 
 from datasets.mvtec import discover_categories, get_category
 from datasets.support_set import support_sets_for
-from utils.checkpoint import code_version, find_checkpoint, load_model, resolve_checkpoint
-from utils.cli import Parser, add_data_args, add_model_args, check_writable_dir, pick_device, run_main
+from models.checkpoint import find_checkpoint, load_model, resolve_checkpoint
+from models.config import ModelConfig
+from scoring.evaluation import METRICS, evaluate, load_test_data
+from scoring.patchcore import PatchCoreScorer
+from scoring.scorers import GaussianScorer
+from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
 from utils.errors import UserError
-from utils.evaluation import METRICS, evaluate, load_test_data
 from utils.figures import save_test_figures
+from utils.hardware import code_version
 from utils.io import all_or_nothing, atomic_write_json, atomic_write_text
-from utils.patchcore import PatchCoreScorer
-from utils.scoring import GaussianScorer
 from utils.tables import markdown_tables
 
 ROOT = Path(__file__).resolve().parent
@@ -29,7 +31,8 @@ def parse_args(argv=None):
     parser.add_argument("--all", action="store_true", help="every category of --data_path with a test split")
     parser.add_argument("--shot", type=int, nargs="+", default=[2], help="K, one or more (e.g. 2 4 8)")
     add_data_args(parser)
-    add_model_args(parser)
+    ModelConfig.add_args(parser, defaults=False)
+    add_device_args(parser, training=False)
     parser.add_argument("--checkpoint", default="auto",
                         help="'auto': save_dir/<backbone>/<stn_mode>/<shot>/<obj>/<obj>_<shot>_<stn_mode>_model.pt "
                              "per category and K (of --backbone, or of the only backbone trained); a file (one "
@@ -53,7 +56,7 @@ def checkpoint_for(args, obj, shot):
     return args.checkpoint
 
 
-def plan(args, requested):
+def plan(args, options):
     """Validate everything up front, so a mistake fails before any compute: ([(category, shot, checkpoint,
     config)], skipped). A K larger than a category's normal pool skips that pair when other pairs can run."""
     if bool(args.obj) == args.all:
@@ -74,7 +77,7 @@ def plan(args, requested):
                 skipped.append({"category": category.name, "shot": shot, "reason": too_large(category, shot)})
                 continue
             ckpt = checkpoint_for(args, category.name, shot)
-            config = resolve_checkpoint(ckpt, requested)[0]
+            config = resolve_checkpoint(ckpt, options)[0]
             jobs.append((category, shot, ckpt, config))
     if not jobs:
         pool = min(len(c.train_images) for c in categories)
@@ -92,8 +95,8 @@ def format_round(metrics):
 
 def run(args):
     device = pick_device(args.device)
-    requested = {"backbone": args.backbone, "stn_mode": args.stn_mode, "img_size": args.img_size}
-    jobs, skipped = plan(args, requested)
+    options = ModelConfig.options(args)
+    jobs, skipped = plan(args, options)
     tag = f"{args.method}_{'untrained' if args.checkpoint == 'none' else 'trained'}"
     out = Path(args.out or ROOT / "results" / "runs" / f"{args.obj or 'all'}_{tag}_k{'-'.join(map(str, args.shot))}")
     check_writable_dir(out.parent)
@@ -103,9 +106,9 @@ def run(args):
         print(f"skipping {skip['category']} K={skip['shot']}: {skip['reason']}")
     tests = {}  # every image decoded and every mask checked before the first evaluation
     for category, _, _, config in jobs:
-        if (category.name, config["img_size"]) not in tests:
-            tests[(category.name, config["img_size"])] = load_test_data(category, config["img_size"])
-    supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config["img_size"],
+        if (category.name, config.img_size) not in tests:
+            tests[(category.name, config.img_size)] = load_test_data(category, config.img_size)
+    supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config.img_size,
                                  explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
     report = {"command": " ".join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
@@ -113,19 +116,19 @@ def run(args):
               "skipped": skipped}
     with all_or_nothing():  # figures and tables replace earlier ones only when the whole run succeeded
         for (category, shot, ckpt, config), support in zip(jobs, supports):
-            model, meta = load_model(ckpt, requested, args.backbone_weights)
+            model, meta = load_model(ckpt, options, args.backbone_weights)
             model.to(device)
-            report.update({k: meta[k] for k in ("backbone", "stn_mode", "img_size")})
+            report.update(config.as_dict())
             report["protocol"] = protocol_label(meta, args.method)
-            test = tests[(category.name, config["img_size"])]
+            test = tests[(category.name, config.img_size)]
             print(f"== {category.name}  K={shot}  checkpoint={ckpt}  ({len(test.labels)} test images, "
                   f"{'with' if test.masks is not None else 'no'} masks)")
             started = time.time()
 
-            def on_round(index, metrics, maps):
+            def on_round(index, metrics, maps, scores):
                 print(f"  round {index}: {format_round(metrics)}", flush=True)
                 if args.save_maps and index == 0:  # figures of the first support set
-                    save_test_figures(Path(args.save_maps) / category.name / f"k{shot}", test, maps)
+                    save_test_figures(Path(args.save_maps) / category.name / f"k{shot}", test, maps, scores)
 
             scorer = SCORERS[args.method](model, device, args.eval_batch_size)
             result = evaluate(scorer, test, support, on_round)

@@ -18,14 +18,16 @@ from tqdm import tqdm
 from datasets.mvtec import discover_categories, get_category, load_images
 from datasets.sampler import PairSampler
 from datasets.support_set import support_sets_for
+from models.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
+from models.config import ModelConfig
 from models.regad import RegAD
-from utils.checkpoint import checkpoint_path, code_version, read_checkpoint, save_checkpoint
-from utils.cli import Parser, add_data_args, add_model_args, check_writable_dir, pick_device, run_main
+from scoring.evaluation import evaluate, load_test_data
+from scoring.scorers import GaussianScorer
+from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
 from utils.errors import UserError
-from utils.evaluation import evaluate, load_test_data
+from utils.hardware import code_version
 from utils.io import atomic_torch_save, atomic_write_json
 from utils.precision import PRECISIONS, autocast, set_precision
-from utils.scoring import GaussianScorer
 
 ROOT = Path(__file__).resolve().parent
 VAL_FRACTION = 0.2  # of each --val_categories pool, held out for the validation loss
@@ -36,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--obj", required=True, help="target category, left out of training")
     parser.add_argument("--shot", type=int, default=2, help="K support images per query")
     add_data_args(parser)
-    add_model_args(parser, defaults=True)
+    ModelConfig.add_args(parser, defaults=True)
+    add_device_args(parser, training=True)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--momentum", type=float, default=0.9)
@@ -125,6 +128,7 @@ def run(args):
     stop = args.epochs if args.stop_after is None else args.stop_after
     if not 1 <= stop <= args.epochs:
         raise UserError(f"--stop_after must be between 1 and --epochs ({args.epochs})")
+    config = ModelConfig(**ModelConfig.options(args))
     device = pick_device(args.device)
     if args.precision == "tf32" and device.type != "cuda":
         raise UserError("--precision tf32 needs a CUDA device; use fp32 or bf16 on the CPU")
@@ -146,7 +150,7 @@ def run(args):
                             "both); drop --resume and pass --overwrite to start afresh")
         check_resume(resume_state["meta"], args, stop)
     torch.manual_seed(args.seed)
-    model = RegAD(args.backbone, args.stn_mode, args.img_size)
+    model = RegAD(config)
     if resume_state is None:
         model.load_backbone_weights(args.backbone_weights)
     model.to(device)
@@ -205,10 +209,10 @@ def run(args):
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
               flush=True)
         atomic_torch_save({**model.checkpoint_state(), "optimiser": optimiser.state_dict(),
-                           "meta": {**model.config, **run_meta(epoch)}}, last_path)
+                           "meta": {**config.as_dict(), **run_meta(epoch)}}, last_path)
     final = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj)
     save_checkpoint(final, model, run_meta(stop))
-    atomic_write_json(out_dir / "train_log.json", {**model.config, **run_meta(stop)})
+    atomic_write_json(out_dir / "train_log.json", {**config.as_dict(), **run_meta(stop)})
     if stop < args.epochs:
         print(f"stopped after epoch {stop} of {args.epochs}; saved it to {final}. Continue with the same command, "
               "--resume and a larger --stop_after (or none)")

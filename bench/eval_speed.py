@@ -29,13 +29,13 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from datasets.mvtec import get_category
 from datasets.support_set import support_sets_for
-from utils.checkpoint import load_model
+from models.checkpoint import load_model
+from scoring.evaluation import evaluate, load_test_data
+from scoring.gaussian import fit_gaussian, mahalanobis
+from scoring.scorers import GaussianScorer
 from utils.cli import pick_device, run_main
 from utils.errors import UserError
-from utils.evaluation import evaluate, load_test_data
-from utils.gaussian import fit_gaussian, mahalanobis
 from utils.hardware import describe_machine, timed
-from utils.scoring import GaussianScorer
 
 START = time.perf_counter()
 RATIO_TARGET, EVAL_TARGET_S, METRICS_SPEEDUP_TARGET = 30, 20, 5
@@ -89,7 +89,7 @@ def full_evaluation(args, device, category):
     (model, _), load_s = timed(lambda: load_model("none", {"backbone": args.backbone, "stn_mode": None,
                                                            "img_size": None}, args.backbone_weights), device)
     model.to(device)
-    img_size = model.config["img_size"]
+    img_size = model.config.img_size
     test, decode_s = timed(lambda: load_test_data(category, img_size), device)
     supports, support_s = timed(lambda: support_sets_for(category, args.shot, args.rounds, 668, None,
                                                          img_size), device)

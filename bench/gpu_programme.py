@@ -355,10 +355,11 @@ class Programme:
         return [run for run in self.state["runs"].values() if run["status"] != "done"]
 
     def checkpoints(self, run):
-        from utils.checkpoint import checkpoint_path
+        from models.checkpoint import checkpoint_path
+        from models.config import ModelConfig
         training = f"e{self.cfg['epochs']}_{self.state['precision']}"
         save_dir = self.root / "save_checkpoints" / f"{self.cfg['dataset']}_resnet18_{training}"
-        return checkpoint_path(save_dir, "resnet18", "rotation_scale", run["shot"], run["target"]).parent, training
+        return checkpoint_path(save_dir, "resnet18", ModelConfig.stn_mode, run["shot"], run["target"]).parent, training
 
     def trained(self, run):
         """(epoch of this machine's last.pt, seconds per epoch: training + the evaluation before it, or None)."""

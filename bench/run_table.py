@@ -32,13 +32,15 @@ sys.path.insert(0, str(ROOT))
 
 from datasets.mvtec import discover_categories  # noqa: E402
 from models.backbones import BACKBONES  # noqa: E402
-from utils.checkpoint import checkpoint_path, code_version  # noqa: E402
-from utils.figures import plt, save_plot  # noqa: E402
-from utils.hardware import cpu_model  # noqa: E402
+from models.checkpoint import checkpoint_path  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.figures import plt, save_plot  # noqa: E402
+from utils.hardware import code_version, cpu_model  # noqa: E402
 from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
+from utils.tables import TITLES  # noqa: E402
 
 METHODS = {  # name -> label in the table
     "regad": "RegAD (honest: last epoch)",
@@ -49,7 +51,7 @@ METHODS = {  # name -> label in the table
 PAPER_EPOCHS = 50
 PAPER_TABLE = ROOT.parent / "shared" / "reference" / "paper_table.md"
 PAPER_COLUMNS = {"image_auroc": ("image RegAD", "image impl."), "pixel_auroc": ("pixel RegAD", "pixel impl.")}
-TABLE_METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR <= 0.3)"}
+TABLE_METRICS = {m: TITLES[m] for m in ("image_auroc", "pixel_auroc", "aupro")}
 
 
 def parse_args():
@@ -72,7 +74,7 @@ def parse_args():
     parser.add_argument("--paper_table", default=str(PAPER_TABLE),
                         help="Markdown table of the paper's per-category numbers, shown beside ours")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--img_size", type=int, help="train.py/test.py --img_size (quick runs; default theirs, 224)")
+    parser.add_argument("--img_size", type=int, help=f"train.py/test.py --img_size (quick runs; default theirs, {ModelConfig.img_size})")
     parser.add_argument("--out", help="default results/<dataset>_<backbone>[-random]")
     return parser.parse_args()
 
@@ -115,7 +117,7 @@ class Runner:
 
     def train(self, target, shot):
         """Train, or resume, up to --stop_after (default: the whole schedule); None when nothing can be scored."""
-        honest = checkpoint_path(self.save_dir, self.args.backbone, "rotation_scale", shot, target)
+        honest = checkpoint_path(self.save_dir, self.args.backbone, ModelConfig.stn_mode, shot, target)
         stop = self.args.stop_after or self.args.epochs
         reached = checkpoint_epoch(honest)
         if self.args.no_training or (reached or 0) >= stop:
@@ -130,7 +132,7 @@ class Runner:
 
     def regad(self, target, shot, selected):
         """Score the honest (last trained epoch) or the test-selected checkpoint of a trained run."""
-        ckpt = checkpoint_path(self.save_dir, self.args.backbone, "rotation_scale", shot, target,
+        ckpt = checkpoint_path(self.save_dir, self.args.backbone, ModelConfig.stn_mode, shot, target,
                                selected_on_test=selected)
         if not ckpt.is_file():
             return {"not_run": "no checkpoint yet (train with --stop_after, or without --no_training)"}
@@ -262,7 +264,7 @@ def markdown(args, runner, cells, hardware, paper):
              f"Data `{args.data_path}`; backbone `{args.backbone}`"
              f"{' with RANDOM init (not the paper setting)' if args.backbone_weights == 'random' else ' (ImageNet)'}"
              f"{f', weights `{args.backbone_weights}`' if args.backbone_weights not in (None, 'random') else ''}; "
-             f"stn_mode rotation_scale; 224 px; {args.rounds} fixed support sets per (category, K), seed {args.seed}; "
+             f"stn_mode {ModelConfig.stn_mode}; {args.img_size or ModelConfig.img_size} px; {args.rounds} fixed support sets per (category, K), seed {args.seed}; "
              f"{training}; code {code_version()}.",
              f"Hardware: {hardware}.", "",
              "Cells: mean ± std over the support rounds, in percent. The mean row averages the categories with a "

@@ -40,9 +40,10 @@ def one_step(backbone, shot, batch_size, img_size, weights):
     also holds the momentum buffers); prints its peak RSS in bytes."""
     import torch
 
-    from models.regad import RegAD
+    from models.config import ModelConfig
+from models.regad import RegAD
     from train import train_step
-    model = RegAD(backbone, "rotation_scale", img_size)
+    model = RegAD(ModelConfig(backbone, img_size=img_size))
     model.load_backbone_weights(weights if backbone == "resnet18" else None)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     model.train()

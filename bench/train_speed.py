@@ -25,8 +25,9 @@ import torch
 
 from datasets.mvtec import get_category, load_images
 from datasets.sampler import PairSampler
-from models.regad import RegAD
 from models.backbones import BACKBONES
+from models.config import ModelConfig
+from models.regad import RegAD
 from train import pair_batches, train_step
 from utils.cli import pick_device, run_main
 from utils.hardware import describe_machine, timed
@@ -140,7 +141,7 @@ def main():
           f"batch {args.batch_size} queries = {args.batch_size * (1 + args.shot)} images per step, "
           f"{args.steps} timed steps per setting, batches from {args.obj}")
     torch.manual_seed(args.seed)
-    initial = RegAD(args.backbone, "rotation_scale", args.img_size)
+    initial = RegAD(ModelConfig(args.backbone, img_size=args.img_size))
     initial.load_backbone_weights(args.backbone_weights)
     batches = real_batches(args, device)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from datasets.mvtec import discover_categories, folders_without_training_images, get_category, load_image
 from utils.cli import Parser, run_main
 from utils.errors import UserError
-from utils.io import all_or_nothing, atomic_write_text
+from utils.io import all_or_nothing, atomic_write_text, read_torch_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,11 +130,8 @@ def read_json_sets(path, category, img_size):
 
 def read_official_sets(path, img_size):
     """The official tensors: [rounds][K, 3, H, W] float in [0, 1] (un-normalised); resized if H != img_size."""
-    try:
-        rounds = list(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        raise UserError(f"'{path}' cannot be read as an official support set ({type(exc).__name__}); "
-                        "pass an official <K>_10.pt file or one of our .json files")
+    fix = "pass an official <K>_10.pt file or one of our .json files"
+    rounds = list(read_torch_file(path, "official support set", missing=fix, unreadable=fix))
     if not rounds or not all(torch.is_tensor(r) and r.dim() == 4 and r.size(1) == 3 for r in rounds):
         raise UserError(f"'{path}' must hold [rounds][K, 3, H, W] image tensors like the official <K>_10.pt")
     converted = []

@@ -6,30 +6,25 @@ state dicts (plus our 'meta').
 import torch.nn as nn
 
 from losses.norm_loss import symmetric_loss
-from models.siamese import Encoder, Predictor
 from models.backbones import BACKBONES
-from models.stn import STN_MODES, STNNet
+from models.config import ModelConfig
+from models.siamese import Encoder, Predictor
+from models.stn import STNNet
 from utils.errors import UserError
 
 
 class RegAD(nn.Module):
-    def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
+    def __init__(self, config=ModelConfig()):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
-        if stn_mode not in STN_MODES:
-            raise UserError(f"unknown stn_mode '{stn_mode}'; choose one of {', '.join(STN_MODES)}")
-        if img_size % 16 or img_size < 32:
-            raise UserError(f"--img_size {img_size} must be a multiple of 16 and at least 32")
-        self.config = {"backbone": backbone, "stn_mode": stn_mode, "img_size": img_size}
-        self.STN = STNNet(backbone, stn_mode, img_size)
+        self.config = config
+        self.STN = STNNet(config)
         channels = self.STN.stage_channels[-1]
         self.ENC = Encoder(channels)
         self.PRED = Predictor(channels)
 
     def load_backbone_weights(self, weights=None):
         """ImageNet weights for the backbone part of STN ('random' keeps the random init); says which."""
-        backbone = self.config["backbone"]
+        backbone = self.config.backbone
         if weights == "random":
             print(f"{backbone}: random initialisation (no ImageNet weights)")
             return

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.io import read_torch_file
 
 RESNET18_FILES = ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth")
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -61,11 +62,8 @@ def resnet18_stages():
 
 def read_weights(path):
     """A state dict from a file, or one line saying why not."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"--backbone_weights '{path}' cannot be read ({type(exc).__name__}); pass a torchvision "
-                        f"ResNet-18 state dict such as {RESNET18_FILES[0]}")
+    fix = f"pass a torchvision ResNet-18 state dict such as {RESNET18_FILES[0]}"
+    state = read_torch_file(path, "--backbone_weights", missing=fix, unreadable=fix)
     if not isinstance(state, dict):
         raise UserError(f"--backbone_weights '{path}' is not a state dict; pass a torchvision ResNet-18 state dict")
     return state
@@ -75,8 +73,6 @@ def find_resnet18_weights(path=None):
     """(state dict, where it came from): the torchvision ResNet-18 ImageNet weights from an explicit path
     (a partial state dict, stem to layer3, is enough), the torch hub cache, or a download."""
     if path:
-        if not Path(path).is_file():
-            raise UserError(f"--backbone_weights '{path}' does not exist; pass the path of {RESNET18_FILES[0]}")
         return read_weights(path), str(path)
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     for name in RESNET18_FILES:

@@ -116,17 +116,18 @@ class STNNet(nn.Module):
     """Backbone layer1-3 with an STN after each; returns the last warped features, the thetas and
     (unless restore=False, as in training) the restored maps of all three stages."""
 
-    def __init__(self, backbone="resnet18", stn_mode="rotation_scale", img_size=224):
+    def __init__(self, config):
+        """config: a models.config.ModelConfig (backbone, stn_mode, img_size)."""
         super().__init__()
-        spec = BACKBONES[backbone]
+        spec = BACKBONES[config.backbone]
         stem, layers, channels = spec.stages()
         self.stem_names = list(stem)
         for name, module in stem.items():
             self.add_module(name, module)
         self.layer1, self.layer2, self.layer3 = layers
         self.stage_channels = channels
-        sizes = [img_size // 4, img_size // 8, img_size // 16]
-        self.stn1, self.stn2, self.stn3 = [STNModule(c, s, stn_mode) for c, s in zip(channels, sizes)]
+        sizes = [config.img_size // 4, config.img_size // 8, config.img_size // 16]
+        self.stn1, self.stn2, self.stn3 = [STNModule(c, s, config.stn_mode) for c, s in zip(channels, sizes)]
         norm = spec.normalisation
         self.normalise = norm is not None
         if self.normalise:  # non-persistent: keeps the state dict identical to the official layout

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from utils.augment import ROTATION_ANGLES, TRANSLATIONS, augment_support
+from scoring.augment import ROTATION_ANGLES, TRANSLATIONS, augment_support
 
 
 def ramp_images(size):

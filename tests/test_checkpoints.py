@@ -1,4 +1,4 @@
-"""Checkpoint loading (utils.checkpoint): official checkpoints (no meta) of every backbone and stn_mode are
+"""Checkpoint loading (models.checkpoint): official checkpoints (no meta) of every backbone and stn_mode are
 recognised from their shapes, a missing tensor is named, and train.py's layout keeps backbones apart."""
 import json
 
@@ -7,9 +7,10 @@ import torch
 
 from conftest import copy_category, run_here
 from models.backbones import BACKBONES
+from models.checkpoint import checkpoint_path, find_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from models.config import ModelConfig
 from models.regad import RegAD
 from models.stn import STN_MODES
-from utils.checkpoint import checkpoint_path, find_checkpoint, load_model, resolve_checkpoint
 from utils.errors import UserError
 
 
@@ -18,10 +19,10 @@ from utils.errors import UserError
 def test_official_checkpoints_of_every_backbone_and_stn_mode_load(tmp_path, backbone, stn_mode):
     """The official code saves no meta: backbone and image size come from the shapes; the stn_mode too, unless
     another mode has as many parameters: then from --stn_mode or the official file name, else an error."""
-    model = RegAD(backbone, stn_mode, 32)
+    model = RegAD(ModelConfig(backbone, stn_mode, 32))
     path = tmp_path / "checkpoint.pt"
     torch.save(model.checkpoint_state(), path)
-    expected = {"backbone": backbone, "stn_mode": stn_mode, "img_size": 32}
+    expected = ModelConfig(backbone, stn_mode, 32)
     params = len(STN_MODES[stn_mode])
     alike = [m for m, identity in STN_MODES.items() if len(identity) == params]
     if len(alike) == 1:
@@ -34,29 +35,48 @@ def test_official_checkpoints_of_every_backbone_and_stn_mode_load(tmp_path, back
         assert resolve_checkpoint(named, {})[0] == expected
         path = named.rename(path)
     loaded, meta = load_model(path, {"backbone": backbone, "stn_mode": stn_mode})
-    assert meta["official_format"] and {k: meta[k] for k in expected} == expected
+    assert meta["official_format"] and ModelConfig.from_meta(meta) == expected
     assert torch.equal(loaded.STN.stn3.fc[2].bias, model.STN.stn3.fc[2].bias)
+
+
+def test_model_config_is_the_one_source_of_settings_and_defaults(tmp_path):
+    """train.py's defaults are ModelConfig's; predict.py leaves them to the checkpoint (None); a checkpoint's meta
+    gives back the config the network was built from; bad values are one line naming the option."""
+    from predict import parse_args as predict_args
+    from train import parse_args as train_args
+    trained = train_args(["--obj", "bottle", "--data_path", str(tmp_path)])
+    assert ModelConfig(**ModelConfig.options(trained)) == ModelConfig("resnet18", "rotation_scale", 224)
+    assert set(ModelConfig.options(predict_args(["--images", str(tmp_path)])).values()) == {None}
+    config = ModelConfig("efficientnet_lite0", "affine", 64)
+    save_checkpoint(tmp_path / "c.pt", RegAD(config), {"shot": 2})
+    assert resolve_checkpoint(tmp_path / "c.pt", {})[0] == config
+    assert resolve_checkpoint("none", {"img_size": 64, "stn_mode": None})[0] == ModelConfig(img_size=64)
+    for bad, message in [({"backbone": "vgg"}, "unknown backbone 'vgg'; choose one of resnet18"),
+                         ({"stn_mode": "warp"}, "unknown stn_mode 'warp'; choose one of affine"),
+                         ({"img_size": 100}, "--img_size 100 must be a multiple of 16")]:
+        with pytest.raises(UserError, match=message):
+            ModelConfig(**bad)
 
 
 def test_asking_for_another_backbone_than_the_official_checkpoint_has_names_both(tmp_path):
     path = tmp_path / "bottle_2_rotation_scale_model.pt"
-    torch.save(RegAD("efficientnet_lite0", "rotation_scale", 32).checkpoint_state(), path)
+    torch.save(RegAD(ModelConfig("efficientnet_lite0", "rotation_scale", 32)).checkpoint_state(), path)
     with pytest.raises(UserError, match="trained with backbone=efficientnet_lite0, stn_mode=rotation_scale, "
                                         "img_size=32 but you asked for backbone=resnet18"):
         resolve_checkpoint(path, {"backbone": "resnet18"})
-    with pytest.raises(UserError, match="stn_mode=translation or scale or shear, img_size=32 but you asked for .*"
-                                        "stn_mode=affine"):
-        torch.save(RegAD("efficientnet_lite0", "scale", 32).checkpoint_state(), path)
+    with pytest.raises(UserError, match="has 2 STN parameters per stage, as stn_mode translation or scale or shear, "
+                                        "but you asked for --stn_mode affine"):
+        torch.save(RegAD(ModelConfig("efficientnet_lite0", "scale", 32)).checkpoint_state(), path)
         resolve_checkpoint(path, {"stn_mode": "affine"})
 
 
 @pytest.mark.parametrize("official,key", [(False, "stn2.fc.2.bias"), (True, "stn2.fc.2.bias"),
                                           (True, "stn1.fc.2.weight")])
 def test_a_missing_stn_tensor_is_named(tmp_path, official, key):
-    model = RegAD("efficientnet_lite0", "affine", 32)
+    model = RegAD(ModelConfig("efficientnet_lite0", "affine", 32))
     state = model.checkpoint_state()
     del state["STN"][key]
-    torch.save(state if official else {**state, "meta": model.config}, tmp_path / "c.pt")
+    torch.save(state if official else {**state, "meta": model.config.as_dict()}, tmp_path / "c.pt")
     with pytest.raises(UserError, match=f"lacks the STN tensor '{key}'; the file is incomplete or damaged"):
         load_model(tmp_path / "c.pt", {})
 
@@ -65,7 +85,7 @@ def test_test_py_labels_an_official_checkpoint_as_selected_on_test(data_root, tm
     data = tmp_path / "data"
     copy_category(data_root, "leather", data)
     ckpt = tmp_path / "leather_2_translation_scale_model.pt"
-    torch.save(RegAD("efficientnet_lite0", "translation_scale", 64).checkpoint_state(), ckpt)
+    torch.save(RegAD(ModelConfig("efficientnet_lite0", "translation_scale", 64)).checkpoint_state(), ckpt)
     result = run_here("test.py", "--obj", "leather", "--data_path", data, "--checkpoint", ckpt, "--rounds", "1",
                       "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr

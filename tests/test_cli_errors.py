@@ -14,6 +14,9 @@ from PIL import Image
 
 from conftest import (ROOT, assert_one_line_error, copy_category, files_under, full_disk, run_cli as run, run_here,
                       temp_files)
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig
+from models.regad import RegAD
 
 
 LITE = ["--backbone", "efficientnet_lite0"]
@@ -82,10 +85,8 @@ def test_test_missing_checkpoint(data_root, out, tmp_path):
 
 
 def test_test_incompatible_or_corrupt_checkpoint(data_root, out, tmp_path):
-    from models.regad import RegAD
-    from utils.checkpoint import save_checkpoint
     ckpt = tmp_path / "lite.pt"
-    save_checkpoint(ckpt, RegAD("efficientnet_lite0", "rotation_scale", 224), {"shot": 2})
+    save_checkpoint(ckpt, RegAD(ModelConfig("efficientnet_lite0", "rotation_scale", 224)), {"shot": 2})
     result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", ckpt,
                  "--backbone", "resnet18", "--out", out / "r")
     assert_one_line_error(result, "backbone=efficientnet_lite0", "backbone=resnet18")
@@ -238,10 +239,8 @@ def test_train_corrupt_backbone_weights(data_root, out, tmp_path):
 
 
 def test_train_resume_without_optimiser_state(data_root, out):
-    from models.regad import RegAD
-    from utils.checkpoint import save_checkpoint
     last = out / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle" / "last.pt"
-    save_checkpoint(last, RegAD("efficientnet_lite0", "rotation_scale", 64), {"shot": 2, "epoch": 1})
+    save_checkpoint(last, RegAD(ModelConfig("efficientnet_lite0", "rotation_scale", 64)), {"shot": 2, "epoch": 1})
     before = last.read_bytes()
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", out,
                  "--resume", *TINY)
@@ -261,11 +260,14 @@ def test_train_names_a_corrupt_training_image(data_root, tmp_path, out):
 
 
 def test_train_ctrl_c_says_how_to_resume(data_root, out):
-    """SIGINT in the second epoch: one line naming the saved epoch and the exact command that continues."""
+    """SIGINT in the second epoch: one line naming the saved epoch and the exact command that continues.
+    SIGINT gets its default action back in the child: a shell starts background jobs (pytest ... &) with it
+    ignored, and Python then installs no KeyboardInterrupt handler."""
     command = [sys.executable, str(ROOT / "train.py"), "--obj", "bottle", "--data_path", str(data_root), "--epochs",
                "2", "--save_dir", str(out), *TINY]
     training = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in training.stdout:
         if line.startswith("  epoch 2/2 batch 10/"):
             training.send_signal(signal.SIGINT)

@@ -112,7 +112,7 @@ def first_defect(category_root):
 
 
 def test_masks_stored_as_0_1_read_as_0_255(leather):
-    from utils.evaluation import load_test_data
+    from scoring.evaluation import load_test_data
     category = discover_categories(leather.parent)["leather"]
     reference = load_test_data(category, 64).masks
     for mask in (leather / "ground_truth").rglob("*.png"):
@@ -138,7 +138,7 @@ def test_mask_of_another_size_than_its_image_is_refused(leather):
 
 
 def test_test_set_without_defective_images_fails_before_any_compute(leather):
-    from utils.evaluation import load_test_data
+    from scoring.evaluation import load_test_data
     for folder in (leather / "test").iterdir():
         if folder.name != "good":
             shutil.rmtree(folder)
@@ -147,7 +147,7 @@ def test_test_set_without_defective_images_fails_before_any_compute(leather):
 
 
 def test_all_masks_empty_fails_before_any_compute(leather):
-    from utils.evaluation import load_test_data
+    from scoring.evaluation import load_test_data
     for mask in (leather / "ground_truth").rglob("*.png"):
         Image.fromarray(np.zeros((224, 224), np.uint8)).save(mask)
     with pytest.raises(UserError, match="every mask in .*ground_truth is empty"):

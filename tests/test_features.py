@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.features import StageMaps
+from scoring.features import StageMaps
 
 
 def embedding_concat(x, y):

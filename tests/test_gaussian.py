@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from utils.features import StageMaps
-from utils.gaussian import Gaussian, fit_gaussian, mahalanobis
+from scoring.features import StageMaps
+from scoring.gaussian import Gaussian, fit_gaussian, mahalanobis
 
 
 def naive_distances(support, test):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from utils.maps import blur_matrix, to_anomaly_maps
+from scoring.maps import blur_matrix, to_anomaly_maps
 
 
 @pytest.mark.parametrize("shape, sigma", [((3, 40, 40), 4), ((2, 9, 13), 4), ((2, 30, 25), 1.5)])

@@ -1,9 +1,9 @@
-"""Metrics in utils/metrics.py against slow, independent references written here (no sklearn, no skimage)."""
+"""Metrics in scoring/metrics.py against slow, independent references written here (no sklearn, no skimage)."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from utils.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
+from scoring.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 
 
 def pixel_auroc(masks, maps):

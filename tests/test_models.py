@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from models.config import ModelConfig
 from models.efficientnet_lite import EfficientNetLiteClassifier
 from models.regad import RegAD
 from models.stn import STN_MODES, STNModule, invert_theta, params_to_theta, warp
@@ -92,7 +93,7 @@ def test_memory_format_does_not_change_the_outputs(backbone):
     """The layout is a speed choice only (bench/train_speed.py): channels_last for evaluation, and in training
     NCHW for resnet18 (a step equals the official one) and channels_last for Lite."""
     torch.manual_seed(0)
-    model = RegAD(backbone, "rotation_scale", img_size=64)
+    model = RegAD(ModelConfig(backbone, "rotation_scale", img_size=64))
     convs = [p for p in model.STN.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     train_layout = torch.contiguous_format if backbone == "resnet18" else torch.channels_last
     assert all(p.is_contiguous(memory_format=train_layout) for p in convs)
@@ -112,7 +113,7 @@ def test_memory_format_does_not_change_the_outputs(backbone):
 def test_training_forward_skips_the_restored_maps():
     """restore=False (what RegAD.loss uses) gives the same features and thetas, without the inverse warps."""
     torch.manual_seed(0)
-    model = RegAD("resnet18", "rotation_scale", img_size=64).train()
+    model = RegAD(ModelConfig("resnet18", "rotation_scale", img_size=64)).train()
     with torch.no_grad():
         model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
         x = torch.rand(2, 3, 64, 64)
@@ -179,7 +180,7 @@ def official_state_dict(stn_params=3):
 
 def test_official_checkpoint_layout_loads_strictly():
     state = official_state_dict()
-    model = RegAD("resnet18", "rotation_scale", 224)
+    model = RegAD(ModelConfig("resnet18", "rotation_scale", 224))
     model.load_checkpoint_state(state)  # strict=True inside
     assert torch.equal(model.STN.stn3.fc[0].weight, state["STN"]["stn3.fc.0.weight"])
     assert torch.equal(model.ENC.bn3.running_var, state["ENC"]["bn3.running_var"])
@@ -187,7 +188,7 @@ def test_official_checkpoint_layout_loads_strictly():
 
 def test_official_layout_does_not_fit_another_configuration():
     with pytest.raises(RuntimeError):
-        RegAD("resnet18", "affine", 224).load_checkpoint_state(official_state_dict())
+        RegAD(ModelConfig("resnet18", "affine", 224)).load_checkpoint_state(official_state_dict())
 
 
 @pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite2"])
@@ -203,7 +204,7 @@ def test_efficientnet_lite_weights_classify_a_cat(variant):
 @pytest.mark.parametrize("variant,channels", [("efficientnet_lite0", (24, 40, 112)),
                                                ("efficientnet_lite2", (24, 48, 120))])
 def test_efficientnet_stages_have_strides_4_8_16(variant, channels):
-    model = RegAD(variant, "rotation_scale", 224).eval()
+    model = RegAD(ModelConfig(variant, "rotation_scale", 224)).eval()
     model.load_backbone_weights()
     with torch.no_grad():
         last, restored, _ = model.STN(torch.rand(1, 3, 224, 224))
@@ -215,7 +216,7 @@ def test_efficientnet_stages_have_strides_4_8_16(variant, channels):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_one_training_step_lowers_the_loss_and_reaches_every_parameter(precision):
     torch.manual_seed(0)
-    model = RegAD("resnet18", "rotation_scale", img_size=64).train()
+    model = RegAD(ModelConfig("resnet18", "rotation_scale", img_size=64)).train()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batches = [(torch.rand(4, 3, 64, 64), torch.rand(4, 2, 3, 64, 64)) for _ in range(2)]
 
@@ -244,7 +245,7 @@ def test_one_training_step_lowers_the_loss_and_reaches_every_parameter(precision
 def test_cpu_and_cuda_give_the_same_outputs():
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions alone differ by ~1e-3
-    model = RegAD("resnet18", "rotation_scale", 224).eval()
+    model = RegAD(ModelConfig("resnet18", "rotation_scale", 224)).eval()
     with torch.no_grad():
         model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
         x = torch.rand(2, 3, 224, 224)

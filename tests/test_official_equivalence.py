@@ -13,11 +13,11 @@ from conftest import DATA, ROOT
 from datasets.mvtec import get_category, load_images
 from datasets.support_set import support_sets_for
 from train import pair_batches, train_step
-from utils.checkpoint import load_model
-from utils.evaluation import evaluate, load_test_data
-from utils.gaussian import mahalanobis
+from models.checkpoint import load_model
+from scoring.evaluation import evaluate, load_test_data
+from scoring.gaussian import mahalanobis
+from scoring.scorers import GaussianScorer
 from utils.precision import set_precision
-from utils.scoring import GaussianScorer
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "official"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -120,7 +120,7 @@ def test_test_protocol_matches_official(reference, device):
                                 explicit=REFERENCE / "support_bottle_2_2.pt")
     scorer = GaussianScorer(official_model(device), torch.device(device))
     maps = []
-    result = evaluate(scorer, test, supports, on_round=lambda index, metrics, round_maps: maps.append(round_maps))
+    result = evaluate(scorer, test, supports, on_round=lambda index, metrics, round_maps, scores: maps.append(round_maps))
     embeddings = scorer.embed(test.images)
     for support, ours, round_maps, expected, official_round in zip(supports, result["rounds"], maps, ref["rounds"],
                                                                    official, strict=True):

@@ -5,9 +5,10 @@ import json
 import torch
 
 from conftest import run_ok
+from models.config import ModelConfig
 from models.regad import RegAD
-from utils.maps import to_anomaly_maps
-from utils.patchcore import PatchCoreScorer, greedy_coreset
+from scoring.maps import to_anomaly_maps
+from scoring.patchcore import PatchCoreScorer, greedy_coreset
 
 
 def naive_greedy(points, count, first):
@@ -37,7 +38,7 @@ def test_scorer_maps_are_nearest_neighbour_distances_to_the_coreset():
     """fit() keeps 1% of the augmented support patches; maps() is the blurred distance of every test patch
     to its nearest bank patch, here checked against a plain loop over the bank."""
     torch.manual_seed(0)
-    model = RegAD("efficientnet_lite0", "rotation_scale", img_size=64).eval()
+    model = RegAD(ModelConfig("efficientnet_lite0", "rotation_scale", img_size=64)).eval()
     scorer = PatchCoreScorer(model, torch.device("cpu"), batch_size=8)
     support = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     test = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)

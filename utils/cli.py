@@ -34,18 +34,10 @@ def add_data_args(parser):
     parser.add_argument("--dataset", help="name for support_set/<dataset>/ (default: the data folder's name)")
 
 
-def add_model_args(parser, defaults=False):
-    """Network options. Without defaults, None means 'take it from the checkpoint'."""
-    from models.backbones import BACKBONES
-    from models.stn import STN_MODES
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18" if defaults else None,
-                        help="default resnet18 (the paper's), or the checkpoint's")
-    parser.add_argument("--backbone_weights", help="resnet18 ImageNet state dict (resnet18-f37072fd.pth); "
-                                                   "'random' for a random init")
-    parser.add_argument("--stn_mode", choices=list(STN_MODES), default="rotation_scale" if defaults else None)
-    parser.add_argument("--img_size", type=int, default=224 if defaults else None)
+def add_device_args(parser, training):
+    """--device, and the batch option of the entry point (the model's own options: ModelConfig.add_args)."""
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    if defaults:  # training
+    if training:
         parser.add_argument("--batch_size", type=positive_int, default=32,
                             help="queries per training step, each with K supports (the paper: 32)")
     else:

@@ -44,11 +44,11 @@ def save_plot(fig, path, dpi=100):
     atomic_write_bytes(path, png.getbuffer())
 
 
-def save_test_figures(folder, test, maps):
-    """One figure per test image of a category, named <defect>_<file stem>.png."""
+def save_test_figures(folder, test, maps, scores):
+    """One figure per test image of a category (maps and image scores numpy), named <defect>_<file stem>.png."""
     vmax = float(maps.max())
     for index, item in enumerate(test.items):
         mask = None if test.masks is None else test.masks[index]
-        title = f"{item.defect_type}/{Path(item.path).name}  score {maps[index].max():.2f}"
+        title = f"{item.defect_type}/{Path(item.path).name}  score {scores[index]:.2f}"
         save_figure(Path(folder) / f"{item.defect_type}_{Path(item.path).stem}.png", test.images[index],
                     maps[index], title, vmax, mask)

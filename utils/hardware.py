@@ -1,6 +1,8 @@
-"""The machine a timing ran on, and timing itself, for the benchmarks (timings mean little without the machine)."""
+"""Where a result came from: the code version (in every output), the machine a timing ran on, and timing itself
+(timings mean little without the machine)."""
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -9,6 +11,16 @@ import torch
 
 # OpenMP/BLAS settings that change CPU timings a lot when the cores are shared (printed with the results)
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def code_version():
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"0.1.0+{commit}" if commit else "0.1.0"
 
 
 def cpu_model():

@@ -99,6 +99,18 @@ def all_or_nothing():
         _staged = None
 
 
+def read_torch_file(path, what, missing, unreadable):
+    """torch.load of tensors only, onto the CPU. A missing or unreadable file is one line naming it as `what`,
+    followed by the fix (`missing` or `unreadable`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist; {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{what} '{path}' cannot be read ({type(exc).__name__}); {unreadable}")
+
+
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 

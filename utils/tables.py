@@ -1,8 +1,6 @@
 """Paper-style Markdown tables (rows: categories, columns: K) from a test.py report."""
 import numpy as np
 
-from utils.evaluation import METRICS
-
 TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR <= 0.3)",
           "image_f1_max": "Image F1-max"}
 
@@ -11,10 +9,11 @@ def markdown_tables(report):
     """One table per metric; cells are mean +- std over the support rounds, in percent."""
     results = report["results"]
     shots = sorted({int(k) for per_cat in results.values() for k in per_cat})
+    metrics = next((list(r["summary"]) for per_cat in results.values() for r in per_cat.values()), [])
     lines = [f"Backbone {report.get('backbone')}, stn_mode {report.get('stn_mode')}, "
              f"img_size {report.get('img_size')}; {report.get('protocol')}; {report['rounds']} support rounds, "
              f"seed {report['seed']}; code {report['code_version']}.", f"Command: `{report['command']}`", ""]
-    for metric in METRICS:
+    for metric in metrics:  # the evaluation's order (scoring.evaluation.METRICS)
         rows, column_means = [], {k: [] for k in shots}
         for name, per_cat in results.items():
             cells = []

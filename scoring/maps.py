@@ -44,6 +44,11 @@ def smoothing_operator(size_in, size_out, sigma):
     return blur_matrix(size_out, sigma) @ upsample
 
 
+def image_scores(maps):
+    """Each image's anomaly score, the maximum of its map (as the paper): [B, H, W] -> [B]."""
+    return maps.flatten(1).amax(1)
+
+
 def to_anomaly_maps(distances, size, sigma=4):
     """[B,h,w] patch distances -> [B,size,size]: bilinear upsampling, then Gaussian smoothing (in float64)."""
     rows = smoothing_operator(distances.shape[-2], size, sigma).to(distances.device)

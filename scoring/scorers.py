@@ -2,10 +2,10 @@
 Gaussians of the restored layer1-3 features -> Mahalanobis anomaly maps for new images."""
 import torch
 
-from utils.augment import augment_support
-from utils.features import StageMaps
-from utils.gaussian import fit_gaussian, mahalanobis
-from utils.maps import to_anomaly_maps
+from scoring.augment import augment_support
+from scoring.features import StageMaps
+from scoring.gaussian import fit_gaussian, mahalanobis
+from scoring.maps import to_anomaly_maps
 
 
 def as_float(images, device):

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from datasets.mvtec import list_test_set, load_images, load_mask
+from scoring.maps import image_scores
+from scoring.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 from utils.errors import UserError
-from utils.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
@@ -40,9 +41,9 @@ def load_test_data(category, img_size):
     return TestData(items, images, labels, masks)
 
 
-def round_metrics(maps, labels, pixel_labels):
-    """Metrics of one support round; pixel metrics are None for categories without masks (pixel_labels None)."""
-    scores = maps.reshape(len(maps), -1).max(1)
+def round_metrics(maps, scores, labels, pixel_labels):
+    """Metrics of one support round from its maps and image scores (numpy); pixel metrics are None for
+    categories without masks (pixel_labels None)."""
     result = {"image_auroc": image_auroc(labels, scores), "image_f1_max": f1_max(labels, scores),
               "pixel_auroc": None, "aupro": None}
     if pixel_labels is not None:
@@ -77,8 +78,9 @@ def evaluate(scorer, test, support_sets, on_round=None):
         pixel_labels = PixelLabels(test.masks) if test.masks is not None else None  # the same for every round
         rounds = []
         for index, support in enumerate(support_sets):
-            maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1]).numpy()
-            rounds.append(round_metrics(maps, test.labels, pixel_labels))
+            maps = scorer.maps(scorer.fit(support), embeddings, test.images.shape[-1])
+            maps, scores = maps.numpy(), image_scores(maps).numpy()
+            rounds.append(round_metrics(maps, scores, test.labels, pixel_labels))
             if on_round:
-                on_round(index, rounds[-1], maps)
+                on_round(index, rounds[-1], maps, scores)
     return {"rounds": rounds, "summary": summarise(rounds)}

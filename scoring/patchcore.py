@@ -5,8 +5,8 @@ nearest-neighbour distance to a memory bank of the support patches, reduced by P
 import torch
 import torch.nn.functional as F
 
-from utils.maps import to_anomaly_maps
-from utils.scoring import Scorer
+from scoring.maps import to_anomaly_maps
+from scoring.scorers import Scorer
 
 BANK_CHUNK = 16384  # bank rows per distance block, bounds the [patches x bank] temporary
 CORESET_FRACTION = 0.01  # PatchCore-1%: keeps K=8 scoring affordable on a CPU

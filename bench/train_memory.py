@@ -41,7 +41,7 @@ def one_step(backbone, shot, batch_size, img_size, weights):
     import torch
 
     from models.config import ModelConfig
-from models.regad import RegAD
+    from models.regad import RegAD
     from train import train_step
     model = RegAD(ModelConfig(backbone, img_size=img_size))
     model.load_backbone_weights(weights if backbone == "resnet18" else None)

@@ -1,4 +1,5 @@
 """Network tests: STN identity and restoration, official checkpoint layout, backbones, one train step."""
+import json
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from conftest import run_cli
 from models.config import ModelConfig
 from models.efficientnet_lite import EfficientNetLiteClassifier
 from models.regad import RegAD
@@ -254,3 +256,10 @@ def test_cpu_and_cuda_give_the_same_outputs():
     assert torch.allclose(cpu_last, gpu_last.cpu(), atol=1e-4)
     for a, b in zip(cpu_restored, gpu_restored):
         assert torch.allclose(a, b.cpu(), atol=1e-4)
+
+
+def test_train_memory_bench_runs_train_py_step():
+    """bench/train_memory.py's child: train.py's model, optimiser and train_step, then its peak RSS in bytes."""
+    result = run_cli("bench/train_memory.py", "--child", "efficientnet_lite0", "2", "2", "--img_size", "64",
+                     check=True)
+    assert 2**27 < json.loads(result.stdout.splitlines()[-1])["peak_rss"] < 2**33  # 128 MiB .. 8 GiB

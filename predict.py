@@ -17,6 +17,7 @@ from tqdm import tqdm
 from datasets.mvtec import image_files, load_image
 from models.checkpoint import load_model
 from models.config import ModelConfig
+from models.regad import RegAD
 from scoring.gaussian import Gaussian
 from scoring.maps import image_scores
 from scoring.scorers import GaussianScorer
@@ -108,13 +109,13 @@ def fit(args, model, meta, support_paths, device):
 
 
 def load_fitted(args, device):
-    fix = "pass a model saved by predict.py --save_model"
-    saved = read_torch_file(args.model, "fitted model", missing="create it with --save_model", unreadable=fix)
+    saved = read_torch_file(args.model, "fitted model", missing="create it with --save_model",
+                            unreadable="pass a model saved by predict.py --save_model")
     try:
         info, gaussian = saved["info"], Gaussian.from_dict(saved["gaussian"])
     except Exception as exc:
         raise UserError(f"'{args.model}' is not a model saved by predict.py --save_model ({type(exc).__name__})")
-    model, _ = load_model("none", ModelConfig.from_meta(info).as_dict(), "random")
+    model = RegAD(ModelConfig.from_meta(info)).eval()  # only the network is needed; it comes from the file
     model.STN.load_state_dict(saved["STN"])
     if args.threshold is not None:
         info = {**info, "threshold": args.threshold, "fpr": None}

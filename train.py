@@ -27,7 +27,7 @@ from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir
 from utils.errors import UserError
 from utils.hardware import code_version
 from utils.io import atomic_torch_save, atomic_write_json
-from utils.precision import PRECISIONS, autocast, set_precision
+from utils.precision import PRECISIONS, autocast
 
 ROOT = Path(__file__).resolve().parent
 VAL_FRACTION = 0.2  # of each --val_categories pool, held out for the validation loss
@@ -132,7 +132,6 @@ def run(args):
     device = pick_device(args.device)
     if args.precision == "tf32" and device.type != "cuda":
         raise UserError("--precision tf32 needs a CUDA device; use fp32 or bf16 on the CPU")
-    set_precision(args.precision)
     torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     target, pools = split_pools(args)
     out_dir = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent

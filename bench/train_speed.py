@@ -31,7 +31,7 @@ from models.regad import RegAD
 from train import pair_batches, train_step
 from utils.cli import pick_device, run_main
 from utils.hardware import describe_machine, timed
-from utils.precision import autocast, set_precision
+from utils.precision import autocast
 
 LAYOUT_NAMES = {torch.contiguous_format: "NCHW", torch.channels_last: "channels_last"}
 WITHIN_NOISE = 0.1  # a setting's gradient deviation must stay below a tenth of the batch-to-batch one
@@ -59,7 +59,6 @@ def settings(device, backbone):
 
 def images_per_second(model, batches, device, precision, memory_format, shot):
     model.STN.use_memory_format(memory_format)
-    set_precision(precision)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     train_step(model, optimiser, *batches[0], precision)  # warm-up: allocator, oneDNN/cuDNN kernel choice
     _, seconds = timed(lambda: [train_step(model, optimiser, *batch, precision) for batch in batches[1:]], device)
@@ -80,7 +79,6 @@ def parts(model):
 def gradients(model, batch, device, precision, memory_format):
     """(loss, {part: flat gradient}) on one batch in train mode, as a training step sees it."""
     model.STN.use_memory_format(memory_format)
-    set_precision(precision)
     model.zero_grad(set_to_none=True)
     with autocast(device, precision):
         loss = model.loss(*batch)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from models.backbones import BACKBONES, EVAL_MEMORY_FORMAT
 from models.resnet import conv3x3
+from utils.precision import at_least_float32
 
 # Number of regressed parameters and their identity values, per mode (as in the paper's code).
 STN_MODES = {
@@ -63,10 +64,10 @@ def params_to_theta(params, mode):
 
 def warp(x, theta):
     """Resample feature maps with affine matrices, reflection padding (as the paper's code).
-    Always in float32: under bf16 autocast the sampling grid would be off by up to a quarter pixel."""
+    At least float32: under bf16 autocast the sampling grid would be off by up to a quarter pixel."""
     with torch.autocast(x.device.type, enabled=False):
-        grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
-        return F.grid_sample(x.float(), grid, padding_mode="reflection", align_corners=False)
+        grid = F.affine_grid(at_least_float32(theta), list(x.shape), align_corners=False)
+        return F.grid_sample(at_least_float32(x), grid, padding_mode="reflection", align_corners=False)
 
 
 def invert_theta(theta):
@@ -100,7 +101,7 @@ class STNModule(nn.Module):
             self.fc[2].bias.copy_(identity)
 
     def forward(self, x):
-        features = self.conv(x).flatten(1).float()
+        features = at_least_float32(self.conv(x).flatten(1))
         with torch.autocast(x.device.type, enabled=False):  # bf16 would round a scale of 1.003 to 1.0
             theta = params_to_theta(self.fc(features), self.mode)
         return warp(x, theta), theta

@@ -13,6 +13,7 @@ from models.config import ModelConfig
 from models.efficientnet_lite import EfficientNetLiteClassifier
 from models.regad import RegAD
 from models.stn import STN_MODES, STNModule, invert_theta, params_to_theta, warp
+from utils.cli import pick_device
 from utils.precision import autocast
 
 # A non-trivial transform per mode: (parameters, expected 2x3 matrix written out by hand).
@@ -243,16 +244,31 @@ def test_one_training_step_lowers_the_loss_and_reaches_every_parameter(precision
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+def test_float32_is_strict_outside_a_reduced_precision_step():
+    """PyTorch's default runs CUDA convolutions in TF32 (3e-3 relative on layer3): picking a device switches
+    TF32 off, and train.py's --precision tf32 turns it on for the training step alone."""
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # PyTorch's cuDNN default
+    device = pick_device("cpu")
+    assert flags() == (False, False)
+    with autocast(device, "tf32"):
+        assert flags() == (True, True)
+    assert flags() == (False, False)
+    with pytest.raises(ZeroDivisionError), autocast(device, "tf32"):
+        1 / 0
+    assert flags() == (False, False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cpu_and_cuda_give_the_same_outputs():
     torch.manual_seed(0)
-    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions alone differ by ~1e-3
+    device = pick_device("cuda")  # strict float32: TF32 convolutions alone differ by ~1e-3
     model = RegAD(ModelConfig("resnet18", "rotation_scale", 224)).eval()
     with torch.no_grad():
         model.STN.stn1.fc[2].bias.copy_(torch.tensor([0.1, 0.95, 1.05]))
         x = torch.rand(2, 3, 224, 224)
         cpu_last, cpu_restored, _ = model.STN(x)
-        gpu_last, gpu_restored, _ = model.cuda().STN(x.cuda())
+        gpu_last, gpu_restored, _ = model.to(device).STN(x.to(device))
     assert torch.allclose(cpu_last, gpu_last.cpu(), atol=1e-4)
     for a, b in zip(cpu_restored, gpu_restored):
         assert torch.allclose(a, b.cpu(), atol=1e-4)

@@ -2,8 +2,14 @@
 (../shared/reference/official, see its README): the network's forward in eval and train mode, one complete
 training step through train.py's own step, and the test protocol (test.py's evaluate) on bottle K=2.
 
-Relative difference = max |ours - official| / max |official|. Each test runs on the CPU, and on CUDA where
-there is a GPU (`python -m pytest -q tests/test_official_equivalence.py` there checks the GPU path)."""
+The official outputs are float32 numbers. Our same formula run in float64 on the CPU puts them within float32
+rounding of the exact result (test_official_outputs_are_float32_rounding_of_ours, with the measured figures in
+ROUNDING). Any other float32 arithmetic (another CPU, thread count, or CUDA's kernels) rounds differently by
+the same order or more (TOLERANCE has the figures): on the machine that made the reference the training step
+is bit-identical, on an H100 it is not.
+
+Relative difference = max |ours - official| / max |official|. Each device test runs on the CPU, and on CUDA
+where there is a GPU (`python -m pytest -q tests/test_official_equivalence.py` there checks the GPU path)."""
 import json
 
 import pytest
@@ -17,10 +23,24 @@ from models.checkpoint import load_model
 from scoring.evaluation import evaluate, load_test_data
 from scoring.gaussian import mahalanobis
 from scoring.scorers import GaussianScorer
-from utils.precision import set_precision
+from utils.cli import pick_device
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "official"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+# Official float32 outputs against our float64 step, measured (AMD EPYC, torch 2.13): layer3 and the restored
+# maps 6.1e-6 relative, thetas 2.7e-7, the loss 2.8e-6 relative; per parameter, the gradient's 1 - cosine up to
+# 5.1e-5 and its norm 3.4e-4 relative (BatchNorm biases whose gradients nearly cancel), the updated parameters
+# 5.0e-7 relative, the BatchNorm statistics 1.8e-7. The float64 test asserts these bounds, rounded up.
+ROUNDING = {"features": 1e-5, "theta": 5e-7, "loss": 5e-6, "grad_cos": 1e-4, "grad_norm": 5e-4, "after": 1e-6,
+            "buffers": 1e-6}
+# Our float32 on other machines, measured on an H100 machine (torch 2.11, on its 16-core CPU and on CUDA): all
+# within 1e-5 of the official except the first STN's gradient. That is dL/dtheta of stn1, one sum over
+# 12 x 64 x 56 x 56 terms of the grid sample that nearly cancel, and every stn1 gradient derives from it: its
+# norm moved by 2.4e-3 (CUDA) and 3.5e-3 (CPU), its direction by 1 - cos < 5e-5, and the small stn1.fc.2.weight
+# by 4.1e-5 after the step. The tolerances are a few times the measured figures; a real error (no stop-gradient,
+# one support instead of their mean) moves the loss, the gradients and the updated parameters by 3e-3 to 7.
+TOLERANCE = {"features": 3e-5, "theta": 1e-6, "loss": 2e-5, "grad_cos": 5e-4, "grad_norm": 1e-2, "after": 2e-4,
+             "buffers": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -37,75 +57,111 @@ def relative(ours, official):
     return float(difference / scale if scale > 0 else difference)
 
 
-def official_model(device):
-    """The official-format checkpoint, loaded the way test.py loads any checkpoint."""
+def official_model(device, dtype=torch.float32):
+    """The official-format checkpoint, loaded the way test.py loads any checkpoint, on a device as the entry
+    points pick it (strict float32: no TF32)."""
     model, meta = load_model(REFERENCE / "checkpoint.pt", {"stn_mode": "rotation_scale"})  # 3 parameters: ambiguous
     assert meta["backbone"] == "resnet18" and "selected_on_test" not in meta
-    return model.to(device)
+    return model.to(pick_device(device), dtype)
 
 
-def as_input(images_uint8, device):
-    return images_uint8.to(device).float() / 255
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_forward_matches_official(reference, device, mode):
-    ref = reference("forward.pt")
+def forward_deviations(ref, device, mode, dtype=torch.float32):
+    """Worst deviation of our forward from the official one: layer3 and restored maps (relative), thetas."""
     assert torch.equal(load_images([DATA / p for p in ref["paths"]], 224), ref["images_uint8"])  # same decoding
-    model = official_model(device).train(mode == "train")
+    model = official_model(device, dtype).train(mode == "train")
     with torch.no_grad():
-        out = model.STN(as_input(ref["images_uint8"], device))
+        out = model.STN(ref["images_uint8"].to(device, dtype) / 255)
     expected = ref[mode]
-    assert relative(out.features, expected["out"]) < 1e-5
-    for stage, restored in enumerate(out.restored, start=1):
-        assert relative(restored, expected[f"stn{stage}_output"]) < 1e-5
-    for theta, official_theta in zip(out.thetas, expected["thetas"], strict=True):
-        assert (theta.cpu() - official_theta).abs().max() < 1e-6
     assert (expected["thetas"][0][:, 0, 1] != 0).all()  # the reference STNs really warp
+    maps = [relative(out.features, expected["out"])] + [relative(restored, expected[f"stn{stage}_output"])
+                                                         for stage, restored in enumerate(out.restored, start=1)]
+    thetas = [float((theta.cpu() - official).abs().max()) for theta, official in zip(out.thetas, expected["thetas"],
+                                                                                       strict=True)]
+    return {"features": max(maps), "theta": max(thetas)}
 
 
 def flat_at(tensor, count):
     """The reference's sample of a tensor: up to 4096 evenly spaced entries of the flattened tensor."""
     n = tensor.numel()
     index = torch.linspace(0, n - 1, min(n, count), dtype=torch.float64).round().long()
-    return tensor.detach().flatten().cpu()[index]
+    return tensor.detach().flatten().cpu()[index].double()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_training_step_matches_official(reference, device):
-    ref = reference("train_step.pt")
-    set_precision("fp32")
-    model = official_model(device).train()
+def cosine_and_norm(ours, official, full_norm, official_norm):
+    """(1 - cosine of the samples, relative difference of the full tensors' norms)."""
+    official = official.double()
+    cosine = ours @ official / (ours.norm() * official.norm())
+    return 1 - float(cosine), abs(full_norm - official_norm) / official_norm
+
+
+def step_deviations(ref, device, dtype=torch.float32):
+    """One training step of ours (train.py's pair_batches + train_step) against the official step: the worst
+    deviation of each kind over the parameters and buffers, with the parameter it occurs at."""
+    model = official_model(device, dtype).train()
     started_at_zero = {name for name, p in model.named_parameters() if not p.any()}  # the BatchNorm biases
     optimiser = torch.optim.SGD(model.parameters(), lr=ref["lr"], momentum=ref["momentum"])
     b, k = ref["support_uint8"].shape[:2]
     stack = torch.cat([ref["query_uint8"], ref["support_uint8"].flatten(0, 1)]).to(device)
     batch = ("screw", torch.arange(b), (b + torch.arange(b * k).view(b, k)).tolist())
-    query, support = next(pair_batches([batch], {"screw": stack}, device))
-    loss = train_step(model, optimiser, query, support, "fp32")
+    query, support = next(pair_batches([batch], {"screw": stack}, torch.device(device)))
+    loss = train_step(model, optimiser, query.to(dtype), support.to(dtype), "fp32")
 
-    assert abs(loss.item() - ref["loss"]) <= 1e-6 * abs(ref["loss"])
     params = dict(model.named_parameters())
     assert set(params) == set(ref["params"]) | set(ref["no_grad"])
     for name in ref["no_grad"]:  # the encoder's unused bn3, as in the official code
         assert params[name].grad is None
+    worst = {"loss": (abs(loss.item() - ref["loss"]) / abs(ref["loss"]), "loss")}
+
+    def record(kind, value, name):
+        worst[kind] = max(worst.get(kind, (0.0, "")), (value, name))
+
     for name, expected in ref["params"].items():
-        grad = params[name].grad
-        sample = flat_at(grad, len(expected["grad"])).double()
-        cosine = sample @ expected["grad"].double() / (sample.norm() * expected["grad"].double().norm())
-        assert cosine >= 0.99999, name
-        assert abs(grad.norm().item() - expected["grad_norm"]) <= 1e-4 * expected["grad_norm"], name
-        # a parameter that started at 0 is one update, -lr * grad, after the step: it carries the gradient's own
-        # float32 rounding (measured up to 1.1e-6), so it gets the gradient's tolerance
-        tolerance = 1e-5 if name in started_at_zero else 1e-6
-        assert relative(flat_at(params[name], len(expected["after"])), expected["after"]) < tolerance, name
+        grad, param = params[name].grad, params[name]
+        cos, norm = cosine_and_norm(flat_at(grad, len(expected["grad"])), expected["grad"], grad.norm().item(),
+                                    expected["grad_norm"])
+        record("grad_cos", cos, name)
+        record("grad_norm", norm, name)
+        if name in started_at_zero:  # one update from 0 is -lr * grad: it carries the gradient's rounding
+            cos, norm = cosine_and_norm(flat_at(param, len(expected["after"])), expected["after"],
+                                        flat_at(param, len(expected["after"])).norm().item(),
+                                        expected["after"].double().norm().item())
+            record("grad_cos", cos, name + " (after)")
+            record("grad_norm", norm, name + " (after)")
+        else:
+            record("after", relative(flat_at(param, len(expected["after"])), expected["after"]), name)
     buffers = dict(model.named_buffers())
     for name, expected in ref["buffers_after"].items():
         if name.endswith("num_batches_tracked"):
             assert buffers[name].item() == expected.item(), name
         else:
-            assert relative(buffers[name], expected) < 1e-5, name
+            record("buffers", relative(buffers[name], expected), name)
+    return worst
+
+
+def assert_within(deviations, bounds):
+    """Every deviation under its bound; the message lists them all (value, where)."""
+    values = {kind: value if isinstance(value, tuple) else (value, "") for kind, value in deviations.items()}
+    report = ", ".join(f"{kind} {value:.2e} {where}".strip() for kind, (value, where) in values.items())
+    assert all(value <= bounds[kind] for kind, (value, _) in values.items()), report
+
+
+def test_official_outputs_are_float32_rounding_of_ours(reference):
+    """Our formula in float64 (the exact result, to float32's eyes): the official float32 outputs are within
+    float32 rounding of it, so the two implementations compute the same function and training step."""
+    for mode in ("eval", "train"):
+        assert_within(forward_deviations(reference("forward.pt"), "cpu", mode, torch.float64), ROUNDING)
+    assert_within(step_deviations(reference("train_step.pt"), "cpu", torch.float64), ROUNDING)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_forward_matches_official(reference, device, mode):
+    assert_within(forward_deviations(reference("forward.pt"), device, mode), TOLERANCE)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_matches_official(reference, device):
+    assert_within(step_deviations(reference("train_step.pt"), device), TOLERANCE)
 
 
 @pytest.mark.parametrize("device", DEVICES)

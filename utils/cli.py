@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
+from utils.precision import strict_fp32
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,6 +55,8 @@ def positive_int(text):
 
 
 def pick_device(name):
+    """The --device, with strict float32 arithmetic on it (no TF32, see utils/precision.py)."""
+    strict_fp32()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -37,16 +37,17 @@ Sizes, measured here (MiB = 2^20 bytes of file content): a call carries the work
   finished run waits for the next call on the same machine). All 17 runs' models (~1 GiB) come back over ~17
   calls; the complete table needs them in one place: here, after --collect, python bench/run_table.py
   --backbone resnet18 --backbone_weights ../shared/weights/resnet18_imagenet_to_layer3.pth --epochs 50
-  --shots 2 4 8 --no_training (the --precision the state chose).
+  --shots 2 4 8 --tag gpu --no_training (the --precision the state chose). The runs are named apart (--tag
+  gpu): a run trained or resumed on the CPU is another run, and --collect never replaces a file this tree has.
 
 The device tool's run, from the checkout the GPU session sends, after --pack there (each <= 600 s):
     call 1: command "python3 bench/gpu_programme.py --time_budget 540", carry [".carry/equivalence"], timeout_s 600
     then:   the same command, carry [".carry/train", ".carry/restore"], timeout_s 600, again while time is left,
             --collect FILES_AT after each call (it also puts programme.tar.gz into .carry/restore for the next).
-Time, not measured yet (the GPU guesses below are replaced by the measured times of step 2 and of each
-run's epochs): if an epoch takes ~4 s of training at K=2 (the official) and ~5 s of evaluation, a K=2 run is
-~9 min, a K=8 run (3x the images) ~17 min, more than a task's 15 minutes of device time: such a run only
-finishes with reduced precision (within noise) or a longer lease, and the state says where it stopped.
+Time, measured on an H100 (results/gpu_h100.md): steps (1)-(2) take ~100 s; a K=2 run of 50 epochs ~6 min
+(1.9 s of training + 3.7 s of test-set evaluation per epoch, plus ~60 s); K=4 and K=8 take longer (guessed
+9 and 14 s per epoch). A task's 15 minutes of device time, a machine's start included, hold one or two runs:
+the table needs its 17 runs over several GPU sessions, each going on from the state that .carry/restore brings.
 """
 import argparse
 import json
@@ -70,14 +71,18 @@ WEIGHTS = "resnet18_imagenet_to_layer3.pth"
 BOTTLE_TEST = {"good": 2, "broken_large": 2}  # the dry run's tiny test set
 CUDA_TEST = "tests/test_models.py::test_cpu_and_cuda_give_the_same_outputs"
 OFFICIAL = "official RegAD on an H100, K=2: 3.5-4.8 s per training epoch (869 queries) + ~243 s of test-set evaluation"
+STATE = "results/gpu_programme_state.json"  # committed by --collect: where the programme stands, across sessions
+TAG = "gpu"  # run_table --tag: these runs' names, apart from any trained on the CPU (a resumed CPU run is another run)
 STEPS = ("equivalence", "eval_speed", "train_speed", "baselines")  # then one training step per run, then "table"
 
 GPU = {"device": "cuda", "dataset": "mvtec-mini", "shots": [2, 4, 8], "epochs": 50, "rounds": 10, "piece_epochs": 0,
        "img_size": [],
        "pytest": ["-rs"], "eval_speed": [], "train_speed": ["--steps", "8"],  # screw: 10 full batches of 32
-       # guesses in seconds until measured: step wall time; per epoch (train + evaluation) by K; per piece
-       "guess": {"equivalence": 240, "eval_speed": 300, "train_speed": 180, "baselines": 300, "table": 120},
-       "epoch_guess": {2: 15, 4: 20, 8: 30}, "piece_overhead": 90}
+       # seconds until measured here: step wall time; per epoch (train + evaluation) by K; per piece. Measured on
+       # an H100 (2026-11-26): equivalence 23, eval_speed 44, train_speed 32, baselines ~230, K=2 epoch 5.7 (1.9
+       # training + 3.7 test-set evaluation), a piece's start, first epoch and two test.py ~60; K=4/8 are guesses
+       "guess": {"equivalence": 60, "eval_speed": 90, "train_speed": 60, "baselines": 300, "table": 60},
+       "epoch_guess": {2: 6, 4: 9, 8: 14}, "piece_overhead": 60}
 DRY = {"device": "cpu", "dataset": "mvtec-tiny", "shots": [2], "epochs": 2, "rounds": 1, "piece_epochs": 1,
        "img_size": ["--img_size", 64],  # run_table passes it to train.py and test.py
        "pytest": ["-k", "(forward_matches_official and eval and cpu) or cpu_and_cuda"],
@@ -216,14 +221,20 @@ def run_logged(command, log, cwd, timeout):
     return "done" if code == 0 else "timeout" if code is None else "failed"
 
 
-def extract(archive, folders):
-    """Unpack members '<prefix>/rest' of a tar into folders[prefix]."""
+def extract(archive, folders, keep=()):
+    """Unpack members '<prefix>/rest' of a tar into folders[prefix]; the files of the prefixes in keep that
+    already exist there are left alone. Returns the paths left alone."""
+    kept = []
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             prefix, _, rest = member.name.partition("/")
             if prefix in folders and rest:
+                if prefix in keep and member.isfile() and (Path(folders[prefix]) / rest).exists():
+                    kept.append(rest)
+                    continue
                 member.name = rest
                 tar.extract(member, folders[prefix], filter="data")
+    return kept
 
 
 class Programme:
@@ -234,13 +245,17 @@ class Programme:
         self.weights = f"../shared/weights/{WEIGHTS}"
         self.runs_dir = root / "results" / "runs" / f"{cfg['dataset']}_resnet18"
         (work / "logs").mkdir(parents=True, exist_ok=True)
-        restore = root / args.restore
-        if not (work / "state.json").is_file() and restore.is_file():
+        state_file, settings = work / "state.json", "dry_run" if args.dry_run else "gpu"
+        restore, committed = root / args.restore, root / STATE
+        if not state_file.is_file() and restore.is_file():
             extract(restore, {"work": work, "repo": root})
             print(f"restored {restore}")
-        state_file = work / "state.json"
+        elif not state_file.is_file() and committed.is_file() and json.loads(committed.read_text())[
+                "settings"] == settings:  # a fresh machine without .carry/restore: the state the tree has
+            shutil.copyfile(committed, state_file)
+            print(f"state from {STATE}")
         self.state = json.loads(state_file.read_text()) if state_file.is_file() else {
-            "settings": "dry_run" if args.dry_run else "gpu", "steps": {}, "runs": {}, "to_return": [], "calls": []}
+            "settings": settings, "steps": {}, "runs": {}, "to_return": [], "calls": []}
         self.state["calls"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "budget": args.time_budget})
 
     # -- bookkeeping
@@ -283,13 +298,17 @@ class Programme:
         print(f"{name}: {status} in {time.time() - started:.0f} s")
         return status == "done" or self.stop(f"{name} {status}; see its log")
 
-    def table(self, *extra):
-        """bench/run_table.py with this programme's settings; --out in <work>."""
+    def table(self, *extra, baselines=False):
+        """bench/run_table.py with this programme's settings; --out in <work>. The baseline columns only once
+        the baselines step has made them (or for that step): a training piece must not spend its device time
+        on them (a skipped baselines step left 12 test.py calls, 230 s on an H100, to the first piece)."""
         c = self.cfg
+        baselines = baselines or self.state["steps"].get("baselines", {}).get("status") == "done"
         return [self.python, "bench/run_table.py", "--data_path", self.data, "--backbone", "resnet18",
                 "--backbone_weights", self.weights, "--shots", *c["shots"], "--rounds", c["rounds"], "--epochs",
                 c["epochs"], "--precision", self.state.get("precision", "fp32"), "--device", c["device"],
-                *c["img_size"], "--out", self.work / "table", *extra]
+                *c["img_size"], "--tag", TAG, "--out", self.work / "table", *([] if baselines else ["--no_baselines"]),
+                *extra]
 
     # -- the steps
     def run(self):
@@ -310,7 +329,7 @@ class Programme:
                  ("eval_speed", [py, "bench/eval_speed.py", *common, *c["eval_speed"],
                                  *(["--baseline", self.args.baseline_commit] if baseline else [])], carried),
                  ("train_speed", [py, "bench/train_speed.py", *common, *c["train_speed"]], carried),
-                 ("baselines", self.table("--no_training"), carried)]
+                 ("baselines", self.table("--no_training", baselines=True), carried)]
         gpu_skips = "skipped" if c["device"] == "cuda" else None  # a CUDA test skipped on the GPU fails the step
         ok = all(self.execute(name, command, c["guess"][name], needs, gpu_skips if name == "equivalence" else None)
                  for name, command, needs in steps)
@@ -357,7 +376,7 @@ class Programme:
     def checkpoints(self, run):
         from models.checkpoint import checkpoint_path
         from models.config import ModelConfig
-        training = f"e{self.cfg['epochs']}_{self.state['precision']}"
+        training = f"e{self.cfg['epochs']}_{self.state['precision']}_{TAG}"  # run_table's name of the run
         save_dir = self.root / "save_checkpoints" / f"{self.cfg['dataset']}_resnet18_{training}"
         return checkpoint_path(save_dir, "resnet18", ModelConfig.stn_mode, run["shot"], run["target"]).parent, training
 
@@ -437,7 +456,7 @@ class Programme:
             tar_path = self.work / f"{stem}.tar"
             with tarfile.open(tar_path, "w") as tar:
                 for path in files:
-                    tar.add(path, arcname=str(path.relative_to(self.root)))
+                    tar.add(path, arcname=f"repo/{path.relative_to(self.root)}")
             with open(tar_path, "rb") as whole:
                 for index, chunk in enumerate(iter(lambda: whole.read(PART), b"")):
                     (self.out / f"{stem}.tar.part{index:02d}").write_bytes(chunk)
@@ -476,24 +495,32 @@ class Programme:
 
 def collect(folder, root=ROOT):
     """Here, after a device call: models into save_checkpoints/, results/runs and the state into this tree, and
-    programme.tar.gz into .carry/restore for the next call."""
+    programme.tar.gz into .carry/restore for the next call. A file this tree already has is never replaced (a
+    run trained here, or a baseline computed here, stays what it was); the kept paths are listed."""
     folder, root = Path(folder), Path(root)
+    kept = []
     for first in sorted(folder.glob("*.tar.part00")):
-        with tempfile.TemporaryFile() as joined:
+        with tempfile.NamedTemporaryFile(suffix=".tar") as joined:
             for part in sorted(folder.glob(first.name[:-2] + "*")):
                 joined.write(part.read_bytes())
-            joined.seek(0)
-            with tarfile.open(fileobj=joined) as tar:
-                tar.extractall(root, filter="data")
+            joined.flush()
+            kept += extract(joined.name, {"repo": root}, keep=("repo",))
         print(f"unpacked {first.name[:-len('.part00')]}")
     if (folder / "programme.tar.gz").is_file():
-        extract(folder / "programme.tar.gz", {"work": root / "out" / "gpu_programme", "repo": root})
+        kept += extract(folder / "programme.tar.gz", {"work": root / "out" / "gpu_programme", "repo": root},
+                        keep=("repo",))
         (root / ".carry" / "restore").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "programme.tar.gz", root / ".carry" / "restore" / "programme.tar.gz")
         state = json.loads((root / "out" / "gpu_programme" / "state.json").read_text())
-        print(f"state in out/gpu_programme; .carry/restore updated. When every run is here, the table:\n"
+        (root / STATE).with_suffix(".tmp").write_text(json.dumps(state, indent=1) + "\n")
+        (root / STATE).with_suffix(".tmp").replace(root / STATE)
+        print(f"state in out/gpu_programme and {STATE} (commit it: a later session goes on from there); "
+              f".carry/restore updated. When every run is here, the table:\n"
               f"python bench/run_table.py --backbone resnet18 --backbone_weights ../shared/weights/{WEIGHTS} "
-              f"--epochs 50 --shots 2 4 8 --precision {state.get('precision', 'fp32')} --no_training")
+              f"--epochs 50 --shots 2 4 8 --precision {state.get('precision', 'fp32')} --tag {TAG} --no_training")
+    if kept:
+        print(f"kept this tree's own {len(kept)} files, not the returned ones: {', '.join(kept[:3])}"
+              + (", ..." if len(kept) > 3 else "") + " (move them away to take the returned ones)")
 
 
 def main():

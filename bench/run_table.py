@@ -71,6 +71,11 @@ def parse_args():
                         help="train (or resume) every RegAD run only up to epoch N of the --epochs schedule")
     parser.add_argument("--no_training", action="store_true",
                         help="never start train.py: score the RegAD checkpoints that exist, at their epoch")
+    parser.add_argument("--tag", help="names these RegAD runs apart in save_checkpoints/ and results/runs/ (the GPU "
+                                      "programme's are 'gpu'), so runs trained elsewhere never mix with them")
+    parser.add_argument("--no_baselines", action="store_true",
+                        help="leave the registration-free and PatchCore columns empty (a training machine: they "
+                             "are computed once, elsewhere)")
     parser.add_argument("--paper_table", default=str(PAPER_TABLE),
                         help="Markdown table of the paper's per-category numbers, shown beside ours")
     parser.add_argument("--device", default="auto")
@@ -87,7 +92,7 @@ class Runner:
         self.tag = args.backbone + ("-random" if args.backbone_weights == "random" else "")
         self.dataset = Path(args.data_path).resolve().name
         self.runs = ROOT / "results" / "runs" / f"{self.dataset}_{self.tag}"
-        self.training = f"e{args.epochs}_{args.precision}"
+        self.training = f"e{args.epochs}_{args.precision}" + (f"_{args.tag}" if args.tag else "")
         self.save_dir = ROOT / "save_checkpoints" / f"{self.dataset}_{self.tag}_{self.training}"
         self.commands = []
 
@@ -191,7 +196,10 @@ def collect(args, runner):
         too_large = {str(k): {"not_run": f"K={k} > the {pool} normal images of {name}"}
                      for k in args.shots if k > pool}
         for method in ("registration_free", "patchcore"):
-            cells[method][name] = {**too_large, **(runner.baseline(method, name, shots) if shots else {})}
+            if args.no_baselines:
+                cells[method][name] = {**too_large, **{str(k): {"not_run": "--no_baselines"} for k in shots}}
+            else:
+                cells[method][name] = {**too_large, **(runner.baseline(method, name, shots) if shots else {})}
         for method in ("regad", "regad_selected"):
             cells[method][name] = dict(too_large)
         for k in shots:

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 STEPS = ["equivalence", "eval_speed", "train_speed", "baselines", "table"]
-RUN = "save_checkpoints/mvtec-tiny_resnet18_e2_fp32/resnet18/rotation_scale/2/bottle"
+RUN = "save_checkpoints/mvtec-tiny_resnet18_e2_fp32_gpu/resnet18/rotation_scale/2/bottle"
 
 
 def programme(*args):
@@ -77,11 +77,18 @@ def test_rerun_skips_what_is_done(dry_run):
 
 def test_returned_files_unpack_here_and_restore_a_fresh_machine(dry_run, tmp_path):
     work, _, state = dry_run
+    ours = tmp_path / RUN / "bottle_2_rotation_scale_model_selected_on_test.pt"  # a run of this tree's own
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"trained here")
+    module().collect(work / "return", root=tmp_path)
+    assert ours.read_bytes() == b"trained here"  # never replaced by a returned file
+    ours.unlink()
     module().collect(work / "return", root=tmp_path)
     for name in ("bottle_2_rotation_scale_model.pt", "bottle_2_rotation_scale_model_selected_on_test.pt"):
         assert (tmp_path / RUN / name).read_bytes() == (work / "repo" / RUN / name).read_bytes()
     assert json.loads((tmp_path / "out" / "gpu_programme" / "state.json").read_text())["runs"] == state["runs"]
-    assert any((tmp_path / "results" / "runs" / "mvtec-tiny_resnet18").glob("regad_e2_fp32_bottle_k2_epoch2.json"))
+    assert json.loads((tmp_path / "results" / "gpu_programme_state.json").read_text())["runs"] == state["runs"]
+    assert any((tmp_path / "results" / "runs" / "mvtec-tiny_resnet18").glob("regad_e2_fp32_gpu_bottle_k2_epoch2.json"))
     fresh = tmp_path / "fresh"  # a new machine: no state, no checkpoints, the carried programme.tar.gz
     restored = programme("--work", fresh, "--restore", tmp_path / ".carry" / "restore" / "programme.tar.gz")
     assert restored.returncode == 0 and "restored" in restored.stdout, restored.stderr[-3000:]
@@ -125,3 +132,40 @@ def test_device_machine_gets_a_shared_folder_pointing_into_the_carried_folders(t
     (other / "shared").mkdir()
     link_shared(other / "repo")
     assert list((other / "shared").iterdir()) == []
+
+
+def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
+    """A training piece on the GPU must not spend device time on baseline cells: run_table gets --no_baselines
+    until the baselines step has made them, and then leaves those columns as 'not run'."""
+    loaded = module()
+    piece = loaded.Programme(tmp_path, tmp_path, tmp_path / "return", loaded.DRY,
+                             loaded.parse_args(["--dry_run", "--work", str(tmp_path)]))
+    assert "--no_baselines" in piece.table("--train_targets", "bottle")
+    assert "--no_baselines" not in piece.table("--no_training", baselines=True)
+    piece.state["steps"]["baselines"] = {"status": "done"}
+    assert "--no_baselines" not in piece.table("--train_targets", "bottle")
+
+    table = subprocess.run([sys.executable, "bench/run_table.py", "--data_path", data_root, "--backbone", "resnet18",
+                            "--epochs", "7", "--no_training", "--no_baselines", "--out", tmp_path / "table"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)  # 7 epochs: no checkpoint here
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert "$ python test.py" not in table.stdout  # nothing scored
+    cells = json.loads((tmp_path / "table.json").read_text())["cells"]
+    for method in ("registration_free", "patchcore"):
+        assert cells[method]["bottle"] == {k: {"not_run": "--no_baselines"} for k in ("2", "4", "8")}
+    assert "8" in cells["patchcore"]["leather"]["8"]["not_run"]  # K=8 > the 4 normal images, as ever
+
+
+def test_a_fresh_machine_goes_on_from_the_committed_state(tmp_path):
+    """Without .carry/restore (another session, another checkout) the programme takes results/
+    gpu_programme_state.json, the state --collect wrote and a session committed, unless it is another setting's."""
+    loaded = module()
+    committed = tmp_path / "results" / "gpu_programme_state.json"
+    committed.parent.mkdir()
+    for settings, expected in (("gpu", {}), ("dry_run", {"eval_speed": {"status": "done"}})):
+        committed.write_text(json.dumps({"settings": settings, "steps": {"eval_speed": {"status": "done"}},
+                                         "runs": {}, "to_return": [], "calls": []}))
+        work = tmp_path / settings
+        state = loaded.Programme(tmp_path, work, work / "return", loaded.DRY,
+                                 loaded.parse_args(["--dry_run", "--work", str(work)])).state
+        assert state["steps"] == expected and state["settings"] == "dry_run"

@@ -6,6 +6,7 @@ from scoring.augment import augment_support
 from scoring.features import StageMaps
 from scoring.gaussian import fit_gaussian, mahalanobis
 from scoring.maps import to_anomaly_maps
+from utils.precision import strict_fp32
 
 
 def as_float(images, device):
@@ -16,10 +17,12 @@ def as_float(images, device):
 class Scorer:
     """What evaluate(), test.py, predict.py and train.py call: embed() test images once, fit() on a support
     set, maps() of embedded images under a fit. A subclass says what an embedding is: embedding() of one
-    batch's restored stage maps, join() of batches. The model's mode is the caller's (evaluate() sets eval)."""
+    batch's restored stage maps, join() of batches. The model's mode is the caller's (evaluate() sets eval).
+    Scores are strict float32 like the official code's, also when a library user skipped pick_device: no TF32."""
 
     def __init__(self, model, device, batch_size=32):
         self.model, self.device, self.batch_size = model, device, batch_size
+        strict_fp32()
 
     @torch.no_grad()
     def batch_embedding(self, images):

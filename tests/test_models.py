@@ -13,6 +13,7 @@ from models.config import ModelConfig
 from models.efficientnet_lite import EfficientNetLiteClassifier
 from models.regad import RegAD
 from models.stn import STN_MODES, STNModule, invert_theta, params_to_theta, warp
+from scoring.scorers import GaussianScorer
 from utils.cli import pick_device
 from utils.precision import autocast
 
@@ -256,6 +257,9 @@ def test_float32_is_strict_outside_a_reduced_precision_step():
     assert flags() == (False, False)
     with pytest.raises(ZeroDivisionError), autocast(device, "tf32"):
         1 / 0
+    assert flags() == (False, False)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    GaussianScorer(RegAD(ModelConfig("resnet18", "rotation_scale", 64)), device)  # the library's way in, too
     assert flags() == (False, False)
 
 

@@ -31,7 +31,8 @@ Sizes, measured here (MiB = 2^20 bytes of file content): a call carries the work
   machine, in pieces (run_table --stop_after N) across calls while it stays warm (save_checkpoints/ stays
   between calls); a run cut by the machine going back restarts from 0 next time (its results/runs files from
   the lost machine are deleted first). Hence runs go one by one (--train_targets T --train_shots K), not
-  all 17 to epoch N together.
+  all 17 to epoch N together, and a run that one call can hold starts only when it can finish in this one (a
+  machine is given back 30 s after a call, too soon to count on the next).
 - Return: state.json, programme.tar.gz, and a finished run's model, test-selected model and train_log.json
   (58.8 MiB) as a plain tar in 15 MiB parts, models_<T>_k<K>.tar.partNN: 4 parts, so one run per call (another
   finished run waits for the next call on the same machine). All 17 runs' models (~1 GiB) come back over ~17
@@ -393,23 +394,34 @@ class Programme:
         run["eval_s_per_epoch"] = round(sum(evaluation) / len(evaluation), 2)
         return meta["epoch"], run["train_s_per_epoch"] + run["eval_s_per_epoch"]
 
+    def per_epoch(self, run):
+        """Seconds per epoch (training + evaluation) of a run at this K: measured in any run of the state, or
+        the guess."""
+        same_k = [r["train_s_per_epoch"] + r["eval_s_per_epoch"] for r in self.state["runs"].values()
+                  if r["shot"] == run["shot"] and "train_s_per_epoch" in r]
+        return max(same_k) if same_k else self.cfg["epoch_guess"][run["shot"]]
+
     def train(self, run):
         """Pieces of run_table.py (train.py up to the epoch the budget allows, resumed from last.pt, then test.py
-        on the model) until the run reaches the last epoch; False when the programme has to stop."""
+        on the model) until the run reaches the last epoch; False when the programme has to stop. A run starts
+        only if it can finish in this call, unless no call could hold it: its machine gives up a part-trained run
+        30 s after the call, so a piece left for the next call is usually lost."""
         c, name = self.cfg, f"train {run['target']} k{run['shot']}"
         folder, training = self.checkpoints(run)
         reached, per_epoch = self.trained(run)
         if reached == 0 and run["epoch"] > 0:
             print(f"{name}: epoch {run['epoch']} was on a machine that has gone back; restarting from 0")
+        whole = c["epochs"] * self.per_epoch(run) + c["piece_overhead"]
+        if reached == 0 and self.left() < whole <= self.args.time_budget:
+            return self.stop(f"{name}: the whole run (~{whole:.0f} s) does not fit the {self.left():.0f} s left; "
+                             "the next call starts it")
         if reached == 0:  # a fresh start: earlier results of this run (another machine's) must not be reused
             for pattern in (f"regad_{training}_{run['target']}_k{run['shot']}_epoch*",
                             f"regad_selected_{training}_{run['target']}_k{run['shot']}_epoch*"):
                 for stale in self.runs_dir.glob(pattern):
                     stale.unlink()
         while run["status"] != "done":  # at the last epoch already (a failed test.py): run_table only scores
-            same_k = [r["train_s_per_epoch"] + r["eval_s_per_epoch"] for r in self.state["runs"].values()
-                      if r["shot"] == run["shot"] and "train_s_per_epoch" in r]
-            per_epoch = per_epoch or (max(same_k) if same_k else c["epoch_guess"][run["shot"]])
+            per_epoch = per_epoch or self.per_epoch(run)
             stop = min(c["epochs"], reached + int((self.left() - c["piece_overhead"]) // per_epoch),
                        reached + (c["piece_epochs"] or c["epochs"]))
             if stop <= reached < c["epochs"] or self.left() < c["piece_overhead"]:

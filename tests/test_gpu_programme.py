@@ -169,3 +169,17 @@ def test_a_fresh_machine_goes_on_from_the_committed_state(tmp_path):
         state = loaded.Programme(tmp_path, work, work / "return", loaded.DRY,
                                  loaded.parse_args(["--dry_run", "--work", str(work)])).state
         assert state["steps"] == expected and state["settings"] == "dry_run"
+
+
+def test_a_run_starts_only_if_it_can_finish_in_the_call(tmp_path):
+    """The machine gives a part-trained run up 30 s after the call, so a run that fits a whole call waits for
+    the next one rather than start in the time left; one no call could hold starts anyway (pieces)."""
+    loaded = module()
+    for budget, elapsed, reason in ((100, 50, "the whole run"), (60, 15, "the next epoch")):
+        piece = loaded.Programme(tmp_path, tmp_path / str(budget), tmp_path / "return", loaded.DRY,
+                                 loaded.parse_args(["--dry_run", "--time_budget", str(budget)]))
+        piece.started -= elapsed  # DRY: 2 epochs x 20 s + 30 s = 70 s for the whole run
+        piece.state["precision"] = "fp32"
+        run = {"target": "bottle", "shot": 2, "epoch": 0, "status": "todo"}
+        assert piece.train(run) is False and run["status"] == "todo"
+        assert piece.state["calls"][-1]["stopped"].startswith(f"train bottle k2: {reason}")

@@ -43,12 +43,14 @@ Sizes, measured here (MiB = 2^20 bytes of file content): a call carries the work
 
 The device tool's run, from the checkout the GPU session sends, after --pack there (each <= 600 s):
     call 1: command "python3 bench/gpu_programme.py --time_budget 540", carry [".carry/equivalence"], timeout_s 600
+            (only while the state has not the equivalence step done; since 2026-11-26 it has)
     then:   the same command, carry [".carry/train", ".carry/restore"], timeout_s 600, again while time is left,
-            --collect FILES_AT after each call (it also puts programme.tar.gz into .carry/restore for the next).
+            --collect FILES_AT after each call (it also puts programme.tar.gz into .carry/restore for the next
+            and the state into results/gpu_programme_state.json, to commit).
 Time, measured on an H100 (results/gpu_h100.md): steps (1)-(2) take ~100 s; a K=2 run of 50 epochs ~6 min
 (1.9 s of training + 3.7 s of test-set evaluation per epoch, plus ~60 s); K=4 and K=8 take longer (guessed
 9 and 14 s per epoch). A task's 15 minutes of device time, a machine's start included, hold one or two runs:
-the table needs its 17 runs over several GPU sessions, each going on from the state that .carry/restore brings.
+the table needs its 17 runs over several GPU sessions, each going on from the committed state.
 """
 import argparse
 import json

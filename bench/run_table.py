@@ -326,6 +326,8 @@ def hardware_line(device):
 
 def main():
     args = parse_args()
+    if args.tag is not None and not (args.tag.replace("-", "").replace("_", "").isalnum() and args.tag.isascii()):
+        raise UserError(f"--tag '{args.tag}': use letters, digits, '-' and '_' (it becomes part of folder names)")
     runner = Runner(args)
     cells = collect(args, runner)
     hardware = hardware_line(args.device)

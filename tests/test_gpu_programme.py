@@ -183,3 +183,11 @@ def test_a_run_starts_only_if_it_can_finish_in_the_call(tmp_path):
         run = {"target": "bottle", "shot": 2, "epoch": 0, "status": "todo"}
         assert piece.train(run) is False and run["status"] == "todo"
         assert piece.state["calls"][-1]["stopped"].startswith(f"train bottle k2: {reason}")
+
+
+def test_a_tag_that_is_no_folder_name_is_refused_in_one_line(data_root, tmp_path):
+    bad = subprocess.run([sys.executable, "bench/run_table.py", "--data_path", data_root, "--tag", "../gpu",
+                          "--no_training", "--no_baselines", "--out", tmp_path / "table"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--tag '../gpu'" in bad.stderr
+    assert not (tmp_path / "table.json").exists()

@@ -121,14 +121,14 @@ def step_deviations(ref, device, dtype=torch.float32):
                                     expected["grad_norm"])
         record("grad_cos", cos, name)
         record("grad_norm", norm, name)
+        after = flat_at(param, len(expected["after"]))
         if name in started_at_zero:  # one update from 0 is -lr * grad: it carries the gradient's rounding
-            cos, norm = cosine_and_norm(flat_at(param, len(expected["after"])), expected["after"],
-                                        flat_at(param, len(expected["after"])).norm().item(),
+            cos, norm = cosine_and_norm(after, expected["after"], after.norm().item(),
                                         expected["after"].double().norm().item())
             record("grad_cos", cos, name + " (after)")
             record("grad_norm", norm, name + " (after)")
         else:
-            record("after", relative(flat_at(param, len(expected["after"])), expected["after"]), name)
+            record("after", relative(after, expected["after"]), name)
     buffers = dict(model.named_buffers())
     for name, expected in ref["buffers_after"].items():
         if name.endswith("num_batches_tracked"):

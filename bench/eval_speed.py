@@ -17,7 +17,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 import numpy as np
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
+from bench.worktree import checkout
 from datasets.mvtec import get_category
 from datasets.support_set import support_sets_for
 from models.checkpoint import load_model
@@ -34,7 +34,6 @@ from scoring.evaluation import evaluate, load_test_data
 from scoring.gaussian import fit_gaussian, mahalanobis
 from scoring.scorers import GaussianScorer
 from utils.cli import pick_device, run_main
-from utils.errors import UserError
 from utils.hardware import describe_machine, timed
 
 START = time.perf_counter()
@@ -129,17 +128,9 @@ def baseline_evaluation(args):
     if args.backbone_weights:
         weights = args.backbone_weights
         options += ["--backbone_weights", weights if weights == "random" else str(Path(weights).resolve())]
-    with tempfile.TemporaryDirectory() as folder:
-        tree = Path(folder) / "baseline"
-        added = subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=ROOT,
-                               capture_output=True, text=True)
-        if added.returncode:
-            raise UserError(f"--baseline {args.baseline} is not a commit of this checkout; pass one from git log")
-        try:
-            run = subprocess.run([sys.executable, "bench/eval_speed.py", *options], cwd=tree, capture_output=True,
-                                 text=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    with checkout(args.baseline) as tree:
+        run = subprocess.run([sys.executable, "bench/eval_speed.py", *options], cwd=tree, capture_output=True,
+                             text=True)
     text = run.stdout[run.stdout.find("(b)"):run.stdout.find("(a)")]
     print(f"\n(b, baseline) the same evaluation by commit {args.baseline}:\n" + text.rstrip())
     return parse_stages(text)

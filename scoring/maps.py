@@ -1,6 +1,4 @@
 """Patch distances -> image-sized anomaly maps, as the official post-processing."""
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -23,25 +21,21 @@ def symmetric_indices(n, radius):
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
-def blur_matrix(n, sigma):
-    """[n, n] float64 matrix of scipy.ndimage.gaussian_filter1d on a length-n signal ('reflect' padding):
-    row i holds the weights of output i, so blurring both axes of a map X is B_h X B_w^T."""
-    kernel = gaussian_kernel(sigma)
-    taps = torch.arange(len(kernel))
-    sources = symmetric_indices(n, len(kernel) // 2)[torch.arange(n)[:, None] + taps]  # [n, taps]
-    matrix = torch.zeros(n, n, dtype=torch.float64)
-    return matrix.index_put_((torch.arange(n)[:, None].expand_as(sources), sources), kernel.expand(n, -1),
-                             accumulate=True)
+def gaussian_blur(maps, sigma):
+    """[B,H,W] -> [B,H,W], scipy.ndimage.gaussian_filter(map, sigma) on each map, in the maps' dtype.
 
-
-@functools.cache
-def smoothing_operator(size_in, size_out, sigma):
-    """[size_out, size_in] float64 matrix K of one axis: bilinear upsampling (align_corners=False, as
-    F.interpolate), then the Gaussian blur. Both are linear and separable, so a map D becomes K_h D K_w^T:
-    two small matrix products instead of an upsampled copy and two 33-tap convolutions."""
-    basis = torch.eye(size_in, dtype=torch.float64)[:, None]  # size_in signals of length size_in
-    upsample = F.interpolate(basis, size=size_out, mode="linear", align_corners=False)[:, 0].T
-    return blur_matrix(size_out, sigma) @ upsample
+    One 1-D convolution per axis, the maps being the channels of one depthwise convolution: each output is
+    the same ordered sum of its taps whatever the batch, and it is ~4x faster on a CPU than a batch of
+    one-channel images. A lone map goes in twice: as a single channel, PyTorch may pick another CPU algorithm
+    (it does at 56 x 56), whose roundings would make a score depend on the images scored beside it."""
+    if len(maps) == 1:
+        return gaussian_blur(maps.expand(2, -1, -1), sigma)[:1]
+    kernel = gaussian_kernel(sigma).to(maps)
+    radius, (b, h, w) = len(kernel) // 2, maps.shape
+    x = maps[None].index_select(2, symmetric_indices(h, radius).to(maps.device))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(b, 1, 1, 1), groups=b)
+    x = x.index_select(3, symmetric_indices(w, radius).to(maps.device))
+    return F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(b, 1, 1, 1), groups=b)[0]
 
 
 def image_scores(maps):
@@ -50,7 +44,6 @@ def image_scores(maps):
 
 
 def to_anomaly_maps(distances, size, sigma=4):
-    """[B,h,w] patch distances -> [B,size,size]: bilinear upsampling, then Gaussian smoothing (in float64)."""
-    rows = smoothing_operator(distances.shape[-2], size, sigma).to(distances.device)
-    cols = smoothing_operator(distances.shape[-1], size, sigma).to(distances.device)
-    return (rows @ distances.double() @ cols.T).to(distances.dtype)
+    """[B,h,w] patch distances -> [B,size,size]: bilinear upsampling, then Gaussian smoothing."""
+    upsampled = F.interpolate(distances[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    return gaussian_blur(upsampled[:, 0], sigma)

@@ -1,7 +1,7 @@
 """Evaluation metrics on raw scores (numpy in, float out); AUROC and AUPRO need no normalisation."""
 import numpy as np
 from skimage.measure import label
-from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 
 def image_auroc(labels, scores):
@@ -33,9 +33,29 @@ class PixelLabels:
             raise ValueError("pixel metrics need at least one normal pixel in the masks")
         self.shape = masks.shape
         self.positive = masks.ravel()
-        self.n_positive = int(np.count_nonzero(self.positive))
-        self.n_negative = self.positive.size - self.n_positive
+        self.n_negative = self.positive.size - int(np.count_nonzero(self.positive))
         self.pro_weight = np.where(self.positive, 1.0 / (np.bincount(regions)[regions] * n_regions), 0.0)
+
+
+def ranking(scores):
+    """(order, ends): the indices ranking scores high to low, tied scores by decreasing index, exactly
+    np.argsort(kind="stable")[::-1] (sklearn's and the PRO curve's order, which the cumulative sums must follow
+    to give their numbers to the last bit); and the place in that order of the last pixel of each distinct score.
+    For finite float32 scores, one np.sort of int64 keys (the float's order-preserving bits above the index)
+    gives both ~4x faster than a stable argsort and a gather of the sorted scores."""
+    if scores.dtype != np.float32 or not np.isfinite(scores).all():
+        order = np.argsort(scores, kind="stable")[::-1]
+        ranked = scores[order]
+    else:
+        keys = (scores + np.float32(0)).view(np.int32).astype(np.int64)  # + 0: -0.0 becomes 0.0, its equal
+        keys ^= (keys >> 63) & 0x7FFFFFFF  # negative floats: more negative bits, smaller number
+        shift = max(1, (scores.size - 1).bit_length())
+        keys <<= shift
+        keys |= np.arange(scores.size)
+        keys.sort()  # in place, like every step here: each fresh 4M-element array costs page faults
+        order = keys[::-1] & ((1 << shift) - 1)
+        ranked = np.right_shift(keys, shift, out=keys)[::-1]
+    return order, np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), scores.size - 1)
 
 
 def pixel_metrics(labels, maps, max_fpr=0.3):
@@ -44,26 +64,42 @@ def pixel_metrics(labels, maps, max_fpr=0.3):
     Lowering the threshold past a distinct score adds that score's anomalous pixels to the true positives,
     its normal pixels to the false positives (FPR) and its anomalous pixels' PRO weights to the per-region
     overlap (PRO); so cumulative sums in descending score order, read at the end of each run of tied scores,
-    give the exact ROC and PRO curves (the points of sklearn's roc_curve and of the MVTec AD code). The ROC
-    area is summed in integers (exact); the PRO curve is only built up to max_fpr.
+    give the exact ROC and PRO curves (the points of sklearn's roc_curve and of the MVTec AD code). The areas
+    then take the roundings of sklearn's roc_auc_score (the official RegAD's pixel AUROC) and of the per-pixel
+    PRO construction this project used before (commit 2055442), so they equal those to the last bit.
     """
     scores = np.asarray(maps).ravel()
     if scores.size != labels.positive.size:
         raise ValueError(f"maps of shape {np.shape(maps)} do not match the masks {labels.shape}")
-    order = np.argsort(scores)[::-1]  # ties are grouped below, so the sort need not be stable
-    ranked = scores[order]
-    ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), scores.size - 1)  # last pixel of each score
+    order, ends = ranking(scores)
     true_positives = np.cumsum(labels.positive[order])[ends]
     false_positives = ends + 1 - true_positives
-    steps = np.diff(false_positives, prepend=0)
-    auroc = float(np.dot(steps, true_positives + np.append(0, true_positives[:-1]))) / (
-        2.0 * labels.n_positive * labels.n_negative)
-    # the curve up to the first threshold past max_fpr, which area_up_to interpolates towards
-    last = min(np.searchsorted(false_positives, max_fpr * labels.n_negative, side="right"), len(ends) - 1)
-    pro = np.minimum(np.cumsum(labels.pro_weight[order[:ends[last] + 1]])[ends[:last + 1]], 1.0)
-    fpr = false_positives[:last + 1] / labels.n_negative
-    aupro = area_up_to(np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]]), max_fpr)
-    return auroc, aupro / max_fpr
+    return roc_area(true_positives, false_positives), pro_area(labels, order, ends, false_positives, max_fpr)
+
+
+def roc_area(true_positives, false_positives):
+    """sklearn's roc_auc_score from the counts at each distinct threshold: its roc_curve (collinear points
+    dropped, (0, 0) prepended, rates as counts / total) and its trapezoid auc, step for step."""
+    tps, fps = true_positives.astype(np.float64), false_positives.astype(np.float64)
+    if len(fps) > 2:
+        corners = np.flatnonzero(np.concatenate([[True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), [True]]))
+        tps, fps = tps[corners], fps[corners]
+    tps, fps = np.concatenate([[0.0], tps]), np.concatenate([[0.0], fps])
+    return auc(fps / fps[-1], tps / tps[-1])
+
+
+def pro_area(labels, order, ends, false_positives, max_fpr):
+    """AUPRO / max_fpr as the MVTec AD construction (and commit 2055442) computes it: the FPR is a cumulative
+    sum of 1/#normal steps (not counts / #normal, which rounds differently). Only the curve up to the first
+    threshold one normal pixel past max_fpr is built (a margin far above the sum's rounding): area_up_to never
+    reads further."""
+    beyond = np.searchsorted(false_positives, max_fpr * labels.n_negative + 1, side="right")
+    last = min(beyond, len(ends) - 1)
+    ranked = order[:ends[last] + 1]
+    fpr = np.minimum(np.cumsum(~labels.positive[ranked] / labels.n_negative)[ends[:last + 1]], 1.0)
+    pro = np.minimum(np.cumsum(labels.pro_weight[ranked])[ends[:last + 1]], 1.0)
+    tail = [1.0] if beyond == len(ends) else []  # the whole curve: its end point (1, 1)
+    return area_up_to(np.concatenate([[0.0], fpr, tail]), np.concatenate([[0.0], pro, tail]), max_fpr) / max_fpr
 
 
 def area_up_to(x, y, x_max):

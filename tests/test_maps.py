@@ -4,18 +4,25 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from scoring.maps import blur_matrix, to_anomaly_maps
+from scoring.maps import gaussian_blur, to_anomaly_maps
 
 
 @pytest.mark.parametrize("shape, sigma", [((3, 40, 40), 4), ((2, 9, 13), 4), ((2, 30, 25), 1.5)])
 def test_blur_equals_scipy(shape, sigma):
     """Includes maps smaller than the 16-pixel radius, where the padding reflects more than once."""
     maps = np.random.default_rng(0).random(shape).astype(np.float32) * 10
-    rows, cols = blur_matrix(shape[1], sigma), blur_matrix(shape[2], sigma)
-    out = (rows @ torch.from_numpy(maps).double() @ cols.T).numpy()
+    out = gaussian_blur(torch.from_numpy(maps), sigma).numpy()
     for got, m in zip(out, maps):
         expected = gaussian_filter(m.astype(np.float64), sigma=sigma)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_blurring_a_batch_equals_blurring_each_map_alone():
+    """The maps are the channels of one depthwise convolution: no number may depend on the batch around it,
+    or scores would change with the batch size (test.py and predict.py score different batches)."""
+    maps = torch.rand(5, 56, 56) * 10  # 56 x 56: where a lone one-channel map takes another CPU algorithm
+    alone = torch.cat([gaussian_blur(m[None], 4) for m in maps])
+    assert torch.equal(gaussian_blur(maps, 4), alone)
 
 
 def test_to_anomaly_maps_equals_upsample_then_scipy():

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
-from scoring.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
+from scoring.metrics import PixelLabels, area_up_to, f1_max, image_auroc, pixel_metrics, ranking
 
 
 def pixel_auroc(masks, maps):
@@ -152,3 +153,47 @@ def test_aupro_rejects_masks_without_normal_pixels():
     """FPR is undefined without a normal pixel: an error, not a NaN."""
     with pytest.raises(ValueError, match="normal pixel"):
         aupro(np.ones((2, 8, 8), dtype=bool), np.random.default_rng(0).random((2, 8, 8)))
+
+
+def test_ranking_is_the_reversed_stable_argsort():
+    """Ties by decreasing index, as np.argsort(kind="stable")[::-1], and the end of every run of equal scores:
+    negative scores, -0.0 beside 0.0, many ties; float64 scores take the stable argsort itself."""
+    rng = np.random.default_rng(3)
+    scores = (np.round(rng.normal(size=5000) * 8) / 8).astype(np.float32)
+    scores[:50] = -0.0
+    scores[50:100] = 0.0
+    for s in (scores, scores.astype(np.float64), scores[:1]):
+        expected = np.argsort(s, kind="stable")[::-1]
+        ranked = s[expected]
+        order, ends = ranking(s)
+        np.testing.assert_array_equal(order, expected)
+        np.testing.assert_array_equal(ends, [i for i in range(len(s)) if i == len(s) - 1 or ranked[i] != ranked[i + 1]])
+
+
+def mvtec_pro_curve(masks, maps):
+    """The MVTec AD evaluation's PRO curve as the official code builds it: a stable sort, then cumulative sums
+    of per-pixel steps (1/#normal for the FPR, the region's share for the PRO), one point per distinct score."""
+    per_image = [ndimage.label(m, structure=np.ones((3, 3), dtype=int))[0] for m in masks]
+    offsets = np.cumsum([0] + [r.max() for r in per_image[:-1]])
+    regions = np.stack([np.where(r > 0, r + o, 0) for r, o in zip(per_image, offsets)])
+    pro_step = np.where(masks, 1.0 / (np.bincount(regions.ravel())[regions] * regions.max()), 0.0).ravel()
+    fpr_step = (~masks).ravel() / np.count_nonzero(~masks)
+    order = np.argsort(maps.ravel(), kind="stable")[::-1]
+    scores = maps.ravel()[order]
+    last_of_tie = np.append(scores[1:] != scores[:-1], True)
+    fpr = np.minimum(np.cumsum(fpr_step[order])[last_of_tie], 1.0)
+    pro = np.minimum(np.cumsum(pro_step[order])[last_of_tie], 1.0)
+    return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]])
+
+
+@pytest.mark.parametrize("max_fpr", [0.3, 0.05, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_metrics_are_the_official_numbers_to_the_last_bit(seed, max_fpr):
+    """Pixel AUROC == sklearn's roc_auc_score and AUPRO == the MVTec AD code's curve and integral, with ==:
+    the same roundings, so a table's numbers do not move when the metric code gets faster."""
+    masks, maps = synthetic_masks_maps(seed)
+    maps = (maps + np.random.default_rng(seed).random(maps.shape) * 1e-3 * (seed > 0)).astype(np.float32)
+    fpr, pro = mvtec_pro_curve(masks, maps)
+    auroc, pro_area = pixel_metrics(PixelLabels(masks), maps, max_fpr)
+    assert auroc == roc_auc_score(masks.ravel(), maps.ravel())
+    assert pro_area == area_up_to(fpr, pro, max_fpr) / max_fpr

@@ -23,6 +23,7 @@ from scoring.maps import image_scores
 from scoring.scorers import GaussianScorer
 from utils.cli import Parser, add_device_args, check_writable_dir, check_writable_file, pick_device, run_main
 from utils.errors import UserError
+from utils.memory import reusing_freed_memory
 from utils.figures import save_figure
 from utils.hardware import code_version
 from utils.io import all_or_nothing, atomic_torch_save, atomic_write_text, read_torch_file
@@ -146,19 +147,20 @@ def run(args):
         check_writable_file(args.save_model, "--save_model")
     device = pick_device(args.device)
     support_paths, targets = expand(args.support or []), expand(args.images)
-    if args.model:
-        scorer, gaussian, info = load_fitted(args, device)
-        files, images = read_images(targets, info["img_size"], "--images")
-    else:
-        model, meta = load_model(args.checkpoint, ModelConfig.options(args), args.backbone_weights)
-        files, images = read_images(targets, model.config.img_size, "--images")  # before minutes of fitting
-        scorer, gaussian, info = fit(args, model.to(device), meta, support_paths, device)
-    size, threshold = info["img_size"], info["threshold"]
-    results = []
-    for start in tqdm(range(0, len(images), args.eval_batch_size), desc="scoring", disable=None):
-        batch = images[start:start + args.eval_batch_size]
-        maps = scorer.maps(gaussian, scorer.embed(batch), size)
-        results += list(zip(files[start:start + len(batch)], batch, maps.numpy(), image_scores(maps).tolist()))
+    with reusing_freed_memory():
+        if args.model:
+            scorer, gaussian, info = load_fitted(args, device)
+            files, images = read_images(targets, info["img_size"], "--images")
+        else:
+            model, meta = load_model(args.checkpoint, ModelConfig.options(args), args.backbone_weights)
+            files, images = read_images(targets, model.config.img_size, "--images")  # before minutes of fitting
+            scorer, gaussian, info = fit(args, model.to(device), meta, support_paths, device)
+        size, threshold = info["img_size"], info["threshold"]
+        results = []
+        for start in tqdm(range(0, len(images), args.eval_batch_size), desc="scoring", disable=None):
+            batch = images[start:start + args.eval_batch_size]
+            maps = scorer.maps(gaussian, scorer.embed(batch), size)
+            results += list(zip(files[start:start + len(batch)], batch, maps.numpy(), image_scores(maps).tolist()))
     with all_or_nothing():  # the fit, figures, scores.csv and index.html replace earlier ones together or not at all
         rows = write_outputs(args, out, info, gaussian, scorer, results)
     if args.save_model:

@@ -10,6 +10,7 @@ from datasets.mvtec import list_test_set, load_images, load_mask
 from scoring.maps import image_scores
 from scoring.metrics import PixelLabels, f1_max, image_auroc, pixel_metrics
 from utils.errors import UserError
+from utils.memory import reusing_freed_memory
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
@@ -73,7 +74,7 @@ def evaluating(model):
 
 def evaluate(scorer, test, support_sets, on_round=None):
     """Run every support round; test embeddings are computed once, since only the fitted model changes."""
-    with evaluating(scorer.model):
+    with evaluating(scorer.model), reusing_freed_memory():
         embeddings = scorer.embed(test.images)
         pixel_labels = PixelLabels(test.masks) if test.masks is not None else None  # the same for every round
         rounds = []

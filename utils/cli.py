@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
-from utils.memory import reuse_freed_memory
 from utils.precision import strict_fp32
 
 
@@ -20,9 +19,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_main(main, on_interrupt=None):
-    """Every entry point's start: freed memory kept for reuse (utils/memory.py), then main(). Ctrl-C ends with
-    one line too (exit code 130, as a shell's), plus on_interrupt()'s hint if given."""
-    reuse_freed_memory()
+    """Ctrl-C ends with one line too (exit code 130, as a shell's), plus on_interrupt()'s hint if given."""
     try:
         main()
     except UserError as exc:

@@ -2,7 +2,6 @@
 of the tree, a few real images, 64 px, 1 support round, a 2-epoch schedule trained in two resumed pieces), so
 it is known to work before a GPU is lent; then a rerun skips everything, the returned files unpack here
 (--collect) and restore a fresh work folder."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 
 import pytest
 
+import bench.gpu_programme as gpu_programme
 from conftest import ROOT
 
 STEPS = ["equivalence", "eval_speed", "train_speed", "baselines", "table"]
@@ -19,13 +19,6 @@ RUN = "save_checkpoints/mvtec-tiny_resnet18_e2_fp32_gpu/resnet18/rotation_scale/
 def programme(*args):
     return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_programme.py"), "--dry_run", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=3600)
-
-
-def module():
-    spec = importlib.util.spec_from_file_location("gpu_programme", ROOT / "bench" / "gpu_programme.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +73,10 @@ def test_returned_files_unpack_here_and_restore_a_fresh_machine(dry_run, tmp_pat
     ours = tmp_path / RUN / "bottle_2_rotation_scale_model_selected_on_test.pt"  # a run of this tree's own
     ours.parent.mkdir(parents=True)
     ours.write_bytes(b"trained here")
-    module().collect(work / "return", root=tmp_path)
+    gpu_programme.collect(work / "return", root=tmp_path)
     assert ours.read_bytes() == b"trained here"  # never replaced by a returned file
     ours.unlink()
-    module().collect(work / "return", root=tmp_path)
+    gpu_programme.collect(work / "return", root=tmp_path)
     for name in ("bottle_2_rotation_scale_model.pt", "bottle_2_rotation_scale_model_selected_on_test.pt"):
         assert (tmp_path / RUN / name).read_bytes() == (work / "repo" / RUN / name).read_bytes()
     assert json.loads((tmp_path / "out" / "gpu_programme" / "state.json").read_text())["runs"] == state["runs"]
@@ -106,7 +99,7 @@ def test_a_step_past_the_budget_is_killed_with_its_children(tmp_path):
     child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
             "print('started', flush=True); time.sleep(60)"
     started = time.time()
-    status = module().run_logged([sys.executable, "-c", child], tmp_path / "log", tmp_path, timeout=3)
+    status = gpu_programme.run_logged([sys.executable, "-c", child], tmp_path / "log", tmp_path, timeout=3)
     assert status == "timeout" and time.time() - started < 20
     assert "started" in (tmp_path / "log").read_text()
     assert "time.sleep(60)" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -114,7 +107,7 @@ def test_a_step_past_the_budget_is_killed_with_its_children(tmp_path):
 
 def test_device_machine_gets_a_shared_folder_pointing_into_the_carried_folders(tmp_path):
     """On the GPU machine ../shared does not travel: the folders carried in .carry/ stand in for it."""
-    root, link_shared = tmp_path / "repo", module().link_shared
+    root, link_shared = tmp_path / "repo", gpu_programme.link_shared
     for name in ("equivalence/reference/official", "equivalence/data/mvtec-mini/bottle"):
         (root / ".carry" / name).mkdir(parents=True)
     link_shared(root)  # call 1: the equivalence carry only
@@ -137,9 +130,8 @@ def test_device_machine_gets_a_shared_folder_pointing_into_the_carried_folders(t
 def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
     """A training piece on the GPU must not spend device time on baseline cells: run_table gets --no_baselines
     until the baselines step has made them, and then leaves those columns as 'not run'."""
-    loaded = module()
-    piece = loaded.Programme(tmp_path, tmp_path, tmp_path / "return", loaded.DRY,
-                             loaded.parse_args(["--dry_run", "--work", str(tmp_path)]))
+    piece = gpu_programme.Programme(tmp_path, tmp_path, tmp_path / "return", gpu_programme.DRY,
+                                    gpu_programme.parse_args(["--dry_run", "--work", str(tmp_path)]))
     assert "--no_baselines" in piece.table("--train_targets", "bottle")
     assert "--no_baselines" not in piece.table("--no_training", baselines=True)
     piece.state["steps"]["baselines"] = {"status": "done"}
@@ -159,25 +151,23 @@ def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
 def test_a_fresh_machine_goes_on_from_the_committed_state(tmp_path):
     """Without .carry/restore (another session, another checkout) the programme takes results/
     gpu_programme_state.json, the state --collect wrote and a session committed, unless it is another setting's."""
-    loaded = module()
     committed = tmp_path / "results" / "gpu_programme_state.json"
     committed.parent.mkdir()
     for settings, expected in (("gpu", {}), ("dry_run", {"eval_speed": {"status": "done"}})):
         committed.write_text(json.dumps({"settings": settings, "steps": {"eval_speed": {"status": "done"}},
                                          "runs": {}, "to_return": [], "calls": []}))
         work = tmp_path / settings
-        state = loaded.Programme(tmp_path, work, work / "return", loaded.DRY,
-                                 loaded.parse_args(["--dry_run", "--work", str(work)])).state
+        state = gpu_programme.Programme(tmp_path, work, work / "return", gpu_programme.DRY,
+                                        gpu_programme.parse_args(["--dry_run", "--work", str(work)])).state
         assert state["steps"] == expected and state["settings"] == "dry_run"
 
 
 def test_a_run_starts_only_if_it_can_finish_in_the_call(tmp_path):
     """The machine gives a part-trained run up 30 s after the call, so a run that fits a whole call waits for
     the next one rather than start in the time left; one no call could hold starts anyway (pieces)."""
-    loaded = module()
     for budget, elapsed, reason in ((100, 50, "the whole run"), (60, 15, "the next epoch")):
-        piece = loaded.Programme(tmp_path, tmp_path / str(budget), tmp_path / "return", loaded.DRY,
-                                 loaded.parse_args(["--dry_run", "--time_budget", str(budget)]))
+        piece = gpu_programme.Programme(tmp_path, tmp_path / str(budget), tmp_path / "return", gpu_programme.DRY,
+                                        gpu_programme.parse_args(["--dry_run", "--time_budget", str(budget)]))
         piece.started -= elapsed  # DRY: 2 epochs x 20 s + 30 s = 70 s for the whole run
         piece.state["precision"] = "fp32"
         run = {"target": "bottle", "shot": 2, "epoch": 0, "status": "todo"}

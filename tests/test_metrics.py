@@ -171,7 +171,7 @@ def test_ranking_is_the_reversed_stable_argsort():
 
 
 def mvtec_pro_curve(masks, maps):
-    """The MVTec AD evaluation's PRO curve as the official code builds it: a stable sort, then cumulative sums
+    """The PRO curve as commit 2055442 built it (the MVTec AD construction): a stable sort, then cumulative sums
     of per-pixel steps (1/#normal for the FPR, the region's share for the PRO), one point per distinct score."""
     per_image = [ndimage.label(m, structure=np.ones((3, 3), dtype=int))[0] for m in masks]
     offsets = np.cumsum([0] + [r.max() for r in per_image[:-1]])

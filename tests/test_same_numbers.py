@@ -1,10 +1,10 @@
 """bench/same_numbers.py: every number of two test.py reports compared with ==, run times aside."""
 import copy
-import importlib.util
 import subprocess
 
 import pytest
 
+from bench.same_numbers import differences
 from conftest import ROOT, run_cli
 
 REPORT = {"command": "python test.py", "seconds": 12.5, "results": {"bottle": {"2": {
@@ -12,15 +12,7 @@ REPORT = {"command": "python test.py", "seconds": 12.5, "results": {"bottle": {"
     "summary": {"image_auroc": {"mean": 0.98, "std": 0.0}}, "seconds": 10.0}}}}
 
 
-def module():
-    spec = importlib.util.spec_from_file_location("same_numbers", ROOT / "bench" / "same_numbers.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
 def test_only_run_times_may_differ():
-    differences = module().differences
     after = copy.deepcopy(REPORT)
     after["seconds"], after["results"]["bottle"]["2"]["seconds"], after["command"] = 3.0, 2.0, "other"
     assert differences(REPORT, after) == (4, [])

@@ -97,21 +97,36 @@ def pair_batches(batches, images, device):
 
 
 def cosine_lr(base_lr, epoch, epochs):
-    """Cosine schedule set at the start of each epoch (counted from 1). The official code uses
-    cos(pi * epoch / epochs), which makes the last epoch's rate 0 (and a 1-epoch run train nothing);
-    starting at epoch - 1 keeps the same curve shifted by one epoch."""
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+    """The official adjust_learning_rate, set at the start of each epoch (counted from 1):
+    base_lr * 0.5 * (1 + cos(pi * epoch / epochs)). Epoch 1 already runs below base_lr (0.999 of it at 50
+    epochs) and the last epoch at rate 0, as in the official code; so a 1-epoch schedule trains nothing,
+    which run() refuses."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def make_optimiser(model, lr, momentum):
+    """The official code's three SGD optimisers (STN, ENC, PRED) with equal settings, as one over all parameters."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
 
 
 def train_step(model, optimiser, query, support, precision):
-    """One SGD step on a (query, support) batch; returns the loss. The official code's step: its three SGD
-    optimisers (STN, ENC, PRED) with equal settings are one optimiser over all parameters."""
+    """One SGD step on a (query, support) batch, as the official code's step; returns the loss."""
     with autocast(query.device, precision):
         loss = model.loss(query, support)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
     return loss.detach()
+
+
+def train_epoch(model, optimiser, lr, pairs, precision):
+    """One epoch as the official loop runs it: the epoch's rate set before its first step, then one SGD step per
+    (query, support) batch; yields each step's loss."""
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    model.train()
+    for query, support in pairs:
+        yield train_step(model, optimiser, query, support, precision)
 
 
 @torch.no_grad()
@@ -125,6 +140,9 @@ def validation_loss(model, sampler, images, device, precision):
 def run(args):
     if args.shot < 1 or args.epochs < 1:
         raise UserError("--shot and --epochs must be at least 1")
+    if args.epochs == 1:
+        raise UserError("--epochs 1 trains nothing: the official cosine schedule runs the last epoch at learning "
+                        "rate 0; for a one-epoch trial of the paper's schedule use --epochs 50 --stop_after 1")
     stop = args.epochs if args.stop_after is None else args.stop_after
     if not 1 <= stop <= args.epochs:
         raise UserError(f"--stop_after must be between 1 and --epochs ({args.epochs})")
@@ -153,7 +171,7 @@ def run(args):
     if resume_state is None:
         model.load_backbone_weights(args.backbone_weights)
     model.to(device)
-    optimiser = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    optimiser = make_optimiser(model, args.lr, args.momentum)
 
     print(f"target {target.name} (left out); training on {', '.join(pools)} ({device}, {args.precision}); "
           "decoding images once")
@@ -161,7 +179,7 @@ def run(args):
     train_images = {n: load_images(p, args.img_size).to(device) for n, (p, _) in pools.items()}
     sampler = PairSampler({n: len(p) for n, (p, _) in pools.items()}, args.shot, args.batch_size, args.seed)
     if sampler.skipped:
-        print(f"note: {', '.join(sampler.skipped)} skipped: fewer than K+1={args.shot + 1} normal images")
+        print(f"note: {', '.join(sampler.skipped)} skipped: fewer than 2 normal images")
     val_images = {n: load_images(h, args.img_size).to(device) for n, (_, h) in pools.items() if h}
     val_sampler = PairSampler({n: len(v) for n, v in val_images.items()}, args.shot, args.batch_size,
                               args.seed) if val_images else None
@@ -186,16 +204,13 @@ def run(args):
         if selection:  # the official order: evaluate the weights of epoch - 1, then train
             selection.evaluate(model, run_meta(epoch - 1))
         lr = cosine_lr(args.lr, epoch, args.epochs)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        model.train()
         started, cpu_started, losses, seen = time.time(), time.process_time(), [], 0
         epoch_batches = sampler.batches(epoch)
         progress = Progress(f"epoch {epoch}/{args.epochs}", len(epoch_batches))
-        for query, support in pair_batches(epoch_batches, train_images, device):
-            loss = train_step(model, optimiser, query, support, args.precision)
+        steps = train_epoch(model, optimiser, lr, pair_batches(epoch_batches, train_images, device), args.precision)
+        for batch, loss in zip(epoch_batches, steps, strict=True):
             losses.append(loss.item())
-            seen += len(query) * (1 + args.shot)
+            seen += len(batch.query_indices) * (1 + args.shot)
             progress.update(losses[-1], seen / (time.time() - started))
         progress.close()
         seconds = time.time() - started

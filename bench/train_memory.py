@@ -42,10 +42,10 @@ def one_step(backbone, shot, batch_size, img_size, weights):
 
     from models.config import ModelConfig
     from models.regad import RegAD
-    from train import train_step
+    from train import make_optimiser, train_step
     model = RegAD(ModelConfig(backbone, img_size=img_size))
     model.load_backbone_weights(weights if backbone == "resnet18" else None)
-    optimiser = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    optimiser = make_optimiser(model, 1e-4, 0.9)
     model.train()
     query = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8).float().div_(255)
     support = torch.randint(0, 256, (batch_size, shot, 3, img_size, img_size), dtype=torch.uint8).float().div_(255)

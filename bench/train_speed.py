@@ -28,7 +28,7 @@ from datasets.sampler import PairSampler
 from models.backbones import BACKBONES
 from models.config import ModelConfig
 from models.regad import RegAD
-from train import pair_batches, train_step
+from train import make_optimiser, pair_batches, train_step
 from utils.cli import pick_device, run_main
 from utils.hardware import describe_machine, timed
 from utils.precision import autocast
@@ -59,7 +59,7 @@ def settings(device, backbone):
 
 def images_per_second(model, batches, device, precision, memory_format, shot):
     model.STN.use_memory_format(memory_format)
-    optimiser = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    optimiser = make_optimiser(model, 1e-4, 0.9)
     train_step(model, optimiser, *batches[0], precision)  # warm-up: allocator, oneDNN/cuDNN kernel choice
     _, seconds = timed(lambda: [train_step(model, optimiser, *batch, precision) for batch in batches[1:]], device)
     return sum(len(q) * (1 + shot) for q, _ in batches[1:]) / seconds

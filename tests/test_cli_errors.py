@@ -223,8 +223,8 @@ def test_predict_full_disk_keeps_the_earlier_results(tmp_path, out, data_root, m
 def test_train_full_disk_during_a_checkpoint_write_keeps_the_earlier_one(data_root, out, monkeypatch):
     last = earlier(out / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle" / "last.pt")
     full_disk(monkeypatch)
-    result = run_here("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "1", "--save_dir", out,
-                      "--overwrite", *TINY)
+    result = run_here("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--stop_after", "1",
+                      "--save_dir", out, "--overwrite", *TINY)
     assert_one_line_error(result, f"disk full while writing '{last}'", "earlier files are intact")
     assert files_under(out) == [last] and last.read_bytes() == b"an earlier run's file"
 
@@ -254,7 +254,7 @@ def test_train_names_a_corrupt_training_image(data_root, tmp_path, out):
     copy_category(data_root, "cashew", data, train=4)
     bad = sorted((data / "cashew" / "train" / "good").iterdir())[2]
     bad.write_bytes(bad.read_bytes()[:300])
-    result = run("train.py", "--obj", "leather", "--data_path", data, "--save_dir", out, "--epochs", "1", *TINY)
+    result = run("train.py", "--obj", "leather", "--data_path", data, "--save_dir", out, "--epochs", "2", *TINY)
     assert_one_line_error(result, f"cannot read image '{bad}'")
     assert files_under(out) == []
 

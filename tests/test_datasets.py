@@ -1,6 +1,7 @@
 """Data tests on the real mvtec-mini pack: discovery, test-set pairing, decoding, user errors,
 the training pair sampler and the fixed support sets."""
 import json
+import math
 import re
 import shutil
 from collections import Counter
@@ -217,21 +218,52 @@ def test_missing_mask_names_the_file(categories, tmp_path):
 
 def test_sampler_pairs(categories):
     pools = training_pools(categories, "bottle")
-    sampler = PairSampler(pools, shot=4, batch_size=32, seed=668)
-    assert sampler.skipped == ["leather"]  # 4 images cannot give a query plus 4 other supports
+    sampler = PairSampler(pools, shot=8, batch_size=32, seed=668)
+    assert sampler.skipped == [] and "leather" in sampler.pools  # 4 images train at K=8, as in the official code
     batches = sampler.batches(epoch=0)
     queries = {name: [] for name in sampler.pools}
     for batch in batches:
         assert batch.category != "bottle" and batch.category in sampler.pools
         assert 1 <= len(batch.query_indices) <= 32 and len(batch.support_indices) == len(batch.query_indices)
         for query, supports in zip(batch.query_indices, batch.support_indices):
-            assert len(supports) == 4 and len(set(supports)) == 4 and query not in supports
+            assert len(supports) == 8 and query not in supports
             assert all(0 <= s < pools[batch.category] for s in supports)
         queries[batch.category] += batch.query_indices
     assert {name: sorted(q) for name, q in queries.items()} == {name: list(range(pools[name]))
                                                                 for name in sampler.pools}
     assert len(batches) == sum(-(-pools[name] // 32) for name in sampler.pools)
     assert [b.category for b in batches] != sorted(b.category for b in batches)  # categories interleaved
+
+
+def test_sampler_draws_each_support_independently_as_the_official_code():
+    """The official FSAD_Dataset_train: each support uniform over the query's n - 1 other images, drawn
+    independently (repeats allowed). With 3 images at K=2 a query repeats its support with probability 1/2;
+    with metal_plate's 54 at K=8, 1 - prod (53 - i) / 53 = 0.423; every other image is equally likely."""
+    def draws(n, shot, epochs):
+        sampler = PairSampler({"pool": n}, shot=shot, batch_size=32, seed=668)
+        return [(q, s) for e in range(epochs) for b in sampler.batches(e)
+                for q, s in zip(b.query_indices, b.support_indices)]
+
+    tiny = draws(3, 2, 2000)  # 6000 queries
+    repeats = sum(len(set(s)) < 2 for _, s in tiny) / len(tiny)
+    assert abs(repeats - 0.5) < 4 * (0.25 / len(tiny)) ** 0.5
+    assert all(q not in s for q, s in tiny)
+    others = [j - (j > q) for q, s in tiny for j in s]  # the rank of each support among the query's others
+    assert all(abs(others.count(r) / len(others) - 0.5) < 4 * (0.25 / len(others)) ** 0.5 for r in (0, 1))
+
+    plates = draws(54, 8, 100)  # 5400 queries
+    expected = 1 - math.prod((53 - i) / 53 for i in range(8))
+    repeats = sum(len(set(s)) < 8 for _, s in plates) / len(plates)
+    assert abs(repeats - expected) < 4 * (expected * (1 - expected) / len(plates)) ** 0.5
+    assert all(q not in s for q, s in plates)
+
+
+def test_sampler_trains_a_two_image_category_at_any_k():
+    sampler = PairSampler({"two": 2, "one": 1}, shot=8, batch_size=32, seed=0)
+    assert sampler.skipped == ["one"] and list(sampler.pools) == ["two"]
+    (batch,) = sampler.batches(epoch=1)
+    assert sorted(batch.query_indices) == [0, 1]
+    assert all(s == [1 - q] * 8 for q, s in zip(batch.query_indices, batch.support_indices))
 
 
 def test_sampler_is_reproducible(categories):
@@ -242,10 +274,9 @@ def test_sampler_is_reproducible(categories):
     assert PairSampler(pools, shot=2, batch_size=8, seed=1).batches(epoch=4) != first
 
 
-def test_sampler_keeps_small_pools_when_they_suffice_and_refuses_when_none_do(categories):
-    assert PairSampler(training_pools(categories, "bottle"), 2, 32, 0).skipped == []
-    with pytest.raises(UserError, match="no training category has more than 4 normal images"):
-        PairSampler({"leather": 4}, shot=4, batch_size=32, seed=0)
+def test_sampler_refuses_when_no_category_has_two_images():
+    with pytest.raises(UserError, match="no training category has 2 normal images"):
+        PairSampler({"one": 1}, shot=1, batch_size=32, seed=0)
 
 
 # ---- fixed support sets ----

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from conftest import run_cli
 from train import cosine_lr, parse_args, split_pools
 from utils.errors import UserError
 
@@ -12,11 +13,19 @@ def official_lr(base, epoch, epochs):
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-@pytest.mark.parametrize("epochs", [1, 2, 50])
-def test_cosine_schedule_is_the_official_one_shifted_by_one_epoch(epochs):
+@pytest.mark.parametrize("epochs", [2, 50])
+def test_cosine_schedule_is_the_official_one(epochs):
     rates = [cosine_lr(1e-4, epoch, epochs) for epoch in range(1, epochs + 1)]
-    assert rates == [official_lr(1e-4, epoch - 1, epochs) for epoch in range(1, epochs + 1)]
-    assert rates[0] == 1e-4 and rates[-1] > 0  # the official last epoch (and a 1-epoch run) would train at 0
+    assert rates == [official_lr(1e-4, epoch, epochs) for epoch in range(1, epochs + 1)]
+    assert rates[0] < 1e-4 and rates[-1] == 0  # as the official: epoch 1 below the base rate, the last at 0
+
+
+def test_a_schedule_that_trains_nothing_is_refused(data_root, tmp_path):
+    """--epochs 1 would run its only epoch at rate 0: one line naming the way to a one-epoch trial."""
+    result = run_cli("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "1", "--save_dir", tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--epochs 1 trains nothing" in result.stderr and "--epochs 50 --stop_after 1" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_validation_split_holds_out_a_fifth_of_the_named_categories(data_root):

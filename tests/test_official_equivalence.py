@@ -109,6 +109,28 @@ def cosine_and_norm(ours, official, full_norm, official_norm):
     return 1 - float(cosine), abs(full_norm - official_norm) / official_norm
 
 
+def compare_after(record, name, param, expected, from_zero, like_gradients):
+    """A parameter after the update(s) against the official one, relative; a parameter that started at 0 is its
+    own update and carries the gradients' rounding, so it is compared as they are (direction, norm)."""
+    after = flat_at(param, len(expected))
+    if from_zero:
+        cos, norm = cosine_and_norm(after, expected, after.norm().item(), expected.double().norm().item())
+        record(like_gradients[0], cos, name + " (after)")
+        record(like_gradients[1], norm, name + " (after)")
+    else:
+        record("after", relative(after, expected), name)
+
+
+def compare_buffers(record, model, expected_buffers):
+    """BatchNorm statistics after training, relative; the batch counters exactly."""
+    buffers = dict(model.named_buffers())
+    for name, expected in expected_buffers.items():
+        if name.endswith("num_batches_tracked"):
+            assert buffers[name].item() == expected.item(), name
+        else:
+            record("buffers", relative(buffers[name], expected), name)
+
+
 def step_deviations(ref, device, dtype=torch.float32):
     """One training step of ours (train.py's pair_batches + train_step) against the official step: the worst
     deviation of each kind over the parameters and buffers, with the parameter it occurs at."""
@@ -136,20 +158,8 @@ def step_deviations(ref, device, dtype=torch.float32):
                                     expected["grad_norm"])
         record("grad_cos", cos, name)
         record("grad_norm", norm, name)
-        after = flat_at(param, len(expected["after"]))
-        if name in started_at_zero:  # one update from 0 is -lr * grad: it carries the gradient's rounding
-            cos, norm = cosine_and_norm(after, expected["after"], after.norm().item(),
-                                        expected["after"].double().norm().item())
-            record("grad_cos", cos, name + " (after)")
-            record("grad_norm", norm, name + " (after)")
-        else:
-            record("after", relative(after, expected["after"]), name)
-    buffers = dict(model.named_buffers())
-    for name, expected in ref["buffers_after"].items():
-        if name.endswith("num_batches_tracked"):
-            assert buffers[name].item() == expected.item(), name
-        else:
-            record("buffers", relative(buffers[name], expected), name)
+        compare_after(record, name, param, expected["after"], name in started_at_zero, ("grad_cos", "grad_norm"))
+    compare_buffers(record, model, ref["buffers_after"])
     return worst
 
 
@@ -196,24 +206,13 @@ def three_step_deviations(ref, device, dtype=torch.float32):
                                         expected["momentum"].double().norm().item())
             record("momentum_cos", cos, name)
             record("momentum_norm", norm, name)
-        after = flat_at(param, len(expected["after"]))
-        if name in started_at_zero:  # the parameter is its own update: it carries the gradients' rounding
-            cos, norm = cosine_and_norm(after, expected["after"], after.norm().item(),
-                                        expected["after"].double().norm().item())
-            record("momentum_cos", cos, name + " (after)")
-            record("momentum_norm", norm, name + " (after)")
-        else:
-            record("after", relative(after, expected["after"]), name)
+        compare_after(record, name, param, expected["after"], name in started_at_zero,
+                      ("momentum_cos", "momentum_norm"))
         # update sizes that float32 resolves (a BatchNorm weight of 1 moved by 1e-9 rounds to no update)
         if expected["update_norm"] > 1e-5 * before[name].double().norm().item():
             update_sizes.append((param.detach() - before[name]).double().norm().item() / expected["update_norm"] - 1)
     worst["update_median"] = (abs(float(torch.tensor(update_sizes).median())), f"{len(update_sizes)} parameters")
-    buffers = dict(model.named_buffers())
-    for name, expected in ref["buffers_after"].items():
-        if name.endswith("num_batches_tracked"):
-            assert buffers[name].item() == expected.item(), name
-        else:
-            record("buffers", relative(buffers[name], expected), name)
+    compare_buffers(record, model, ref["buffers_after"])
     return rates, worst
 
 

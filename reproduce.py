@@ -379,7 +379,7 @@ def markdown(args, runner, cells, paper, hardware):
             lines += [f"## {TITLES[metric]}, K = {k}", "", *comparison_table(columns, targets)]
             if metric in METRICS:
                 for dataset, count, value in published_means(paper, targets, k, metric, "paper"):
-                    lines += [f"The paper's mean over the {count} {dataset.upper()} categories: {value:.1f}."]
+                    lines += [f"The paper's mean over the {count} {dataset} categories: {value:.1f}."]
             lines.append("")
     lines += ["## Columns", ""] + [f"- `{METHODS[m]}`: {d}." for m, d in DESCRIPTIONS.items()] + [
         "- `(ep N/E)`: trained N epochs of an E-epoch schedule so far (SHORT TRAINING).", ""]

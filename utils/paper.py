@@ -12,6 +12,7 @@ from pathlib import Path
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
 METRICS = {"image_auroc": "image", "pixel_auroc": "pixel"}
 COLUMNS = {"paper": "paper", "impl": "impl."}  # column of the CSV -> heading in our tables
+DATASETS = {"mvtec": "MVTec AD", "mpdd": "MPDD"}
 MPDD = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
 
@@ -32,9 +33,9 @@ def paper_value(numbers, category, k, metric, column):
 
 
 def published_means(numbers, targets, k, metric, column):
-    """[(dataset, its category count, the published mean)] for each dataset whose categories are all in targets
+    """[(dataset's name, its category count, the published mean)] for each dataset whose categories are all in targets
     (the paper's means are over the whole dataset, so they compare only with a mean over all of it)."""
     datasets = {"mvtec": {c for d, c, _ in numbers if d == "mvtec" and c != "mean"}, "mpdd": set(MPDD)}
-    return [(name, len(categories), numbers[(name, "mean", k)][(metric, column)])
+    return [(DATASETS[name], len(categories), numbers[(name, "mean", k)][(metric, column)])
             for name, categories in datasets.items() if categories <= set(targets) and (name, "mean", k) in numbers
             and numbers[(name, "mean", k)][(metric, column)] is not None]

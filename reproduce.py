@@ -330,6 +330,8 @@ def collect(args, runner, shots, pools):
             epoch = checkpoint_epoch(runner.checkpoint(target, k))
             if epoch is not None:
                 why = f"trained to epoch {epoch}, not scored yet"
+            if any(trained.values()):
+                why = "not scored yet (run without --table_only)"
             for m in ("regad", "regad_selected", "patchcore_trained"):
                 cells[m][target][str(k)] = trained.get(m) or {
                     "not_run": "--no_select_on_test" if m == "regad_selected" and args.no_select_on_test else why}

@@ -1,6 +1,7 @@
 """reproduce.py, the paper's table from a user's data folder: in a fresh clone (no ../shared beside it) on a tiny
 MVTec-shaped folder, every cell and the paper's numbers; submitit's local executor with a job killed mid-training
 that resumes to the same table; means over like targets; the learning-curve grid."""
+import contextlib
 import json
 import os
 import shutil
@@ -8,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, copy_category
+from conftest import ROOT, assert_one_line_error, copy_category
 from utils.comparison import comparison_table
 from utils.figures import save_learning_curves
 from utils.paper import read_paper_numbers
@@ -188,3 +190,55 @@ def test_learning_curves_are_a_grid_with_reference_lines(tmp_path):
              "paper": {"image_auroc": 99.4, "pixel_auroc": None}}
     save_learning_curves(tmp_path / "curves.png", [panel] * 6)
     assert Image.open(tmp_path / "curves.png").size == (1600, 640)  # 4 panels a row, 2 rows
+
+
+def test_the_table_is_rebuilt_from_the_results_alone(sequential, clone, tiny, tmp_path):
+    """Checkpoints gone (trained elsewhere, or deleted): --table_only rebuilds every cell from results/runs."""
+    work, table, _ = sequential
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    done = reproduce(clone, "--data_path", tiny, *TINY, "--save_dir", tmp_path / "none", "--runs_dir",
+                     tmp_path / "runs", "--out", tmp_path / "table", "--table_only")
+    assert done.returncode == 0 and "$ python" not in done.stdout, done.stderr[-3000:]
+    assert numbers(json.loads((tmp_path / "table.json").read_text())["cells"]) == numbers(table["cells"])
+
+
+def test_bad_options_fail_in_one_line(tiny, tmp_path):
+    for options, fragment in (([], "--data_path"), (["--data_path", tmp_path / "nothing"], "is not a folder"),
+                              (["--data_path", tiny, "--targets", "cable"], "--targets cable"),
+                              (["--data_path", tiny, "--epochs", "1"], "at least 2 epochs"),
+                              (["--data_path", tiny, "--slurm", "account"], "KEY=VALUE")):
+        assert_one_line_error(reproduce(ROOT, *options, "--out", tmp_path / "t"), fragment)
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_slurm_gets_one_array_job_per_run_with_one_gpu(tiny, monkeypatch):
+    """No SLURM here: submitit's executor is replaced by one that records what reproduce.py asks of it."""
+    import reproduce
+    asked = {"parameters": {}, "jobs": []}
+
+    class Executor:
+        def __init__(self, folder, cluster):
+            asked["cluster"] = cluster
+
+        def update_parameters(self, **parameters):
+            asked["parameters"].update(parameters)
+
+        def batch(self):
+            asked["batch"] = True
+            return contextlib.nullcontext()
+
+        def submit(self, job):
+            asked["jobs"].append(job)
+            return SimpleNamespace(job_id=str(len(asked["jobs"])))
+
+    monkeypatch.setattr(reproduce.submitit, "AutoExecutor", Executor)
+    args = reproduce.parse_args(["--data_path", str(tiny), "--launcher", "slurm", "--partition", "gpu", "--slurm",
+                                 "account=abc", "--no_wait"])
+    units = reproduce.units_of(args, reproduce.plan(args)[0])
+    assert reproduce.launch(args, units) == []
+    assert asked["cluster"] == "slurm" and asked["batch"]
+    assert [job.units for job in asked["jobs"]] == [[u] for u in units]  # bottle K=2, 4, then its baselines
+    assert [u[2] for u in units] == [4, 2, [2, 4]]  # bottle has 6 normal images: no K=8
+    assert {k: asked["parameters"][k] for k in ("gpus_per_node", "slurm_partition", "slurm_additional_parameters")} \
+        == {"gpus_per_node": 1, "slurm_partition": "gpu", "slurm_additional_parameters": {"account": "abc"}}
+    assert isinstance(asked["jobs"][0], reproduce.submitit.helpers.Checkpointable)  # requeued when preempted

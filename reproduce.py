@@ -14,7 +14,6 @@ SLURM job array (--launcher slurm), both through submitit; the table is built fr
 
     python reproduce.py --data_path DATA [--backbone_weights FILE] [--launcher local | slurm --partition P]
 """
-import argparse
 import glob
 import json
 import os
@@ -228,7 +227,7 @@ def checkpoint_epoch(path):
 
 
 def plan(args):
-    """{target: [K that fit its normal images]}, the table's rows, and the K each one lacks."""
+    """The table's rows: ({target: [the K its normal images allow]}, {target: its number of normal images})."""
     categories = {n: c for n, c in discover_categories(args.data_path).items() if c.has_test}
     if args.targets:
         unknown = sorted(set(args.targets) - set(categories))

@@ -105,8 +105,8 @@ def parse_args(argv=None):
     launch.add_argument("--array_parallelism", type=int, default=64, help="slurm: jobs of the array at once")
     launch.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more sbatch options, e.g. account=abc qos=high constraint=a100")
-    launch.add_argument("--no_wait", action="store_true", help="submit and return; build the table later with "
-                                                              "--table_only")
+    launch.add_argument("--no_wait", action="store_true", help="slurm: submit and return; build the table later "
+                                                              "with --table_only")
     args = parser.parse_args(argv)
     if args.tag is not None and not (args.tag.replace("-", "").replace("_", "").isalnum() and args.tag.isascii()):
         raise UserError(f"--tag '{args.tag}': use letters, digits, '-' and '_' (it becomes part of folder names)")
@@ -114,6 +114,8 @@ def parse_args(argv=None):
         raise UserError(f"--epochs {args.epochs}: the schedule needs at least 2 epochs (the paper's is 50)")
     if not Path(args.data_path).is_dir():
         raise UserError(f"--data_path '{args.data_path}' is not a folder: give a folder in the MVTec AD layout")
+    if args.no_wait and args.launcher != "slurm":
+        raise UserError("--no_wait is for --launcher slurm; local jobs are waited for, the table made when they end")
     if any(pair.count("=") != 1 for pair in args.slurm):
         raise UserError(f"--slurm {' '.join(args.slurm)}: give KEY=VALUE pairs, e.g. account=abc")
     return args

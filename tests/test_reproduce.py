@@ -206,7 +206,8 @@ def test_bad_options_fail_in_one_line(tiny, tmp_path):
     for options, fragment in (([], "--data_path"), (["--data_path", tmp_path / "nothing"], "is not a folder"),
                               (["--data_path", tiny, "--targets", "cable"], "--targets cable"),
                               (["--data_path", tiny, "--epochs", "1"], "at least 2 epochs"),
-                              (["--data_path", tiny, "--slurm", "account"], "KEY=VALUE")):
+                              (["--data_path", tiny, "--slurm", "account"], "KEY=VALUE"),
+                              (["--data_path", tiny, "--launcher", "local", "--no_wait"], "--no_wait is for")):
         assert_one_line_error(reproduce(ROOT, *options, "--out", tmp_path / "t"), fragment)
     assert not (tmp_path / "t.json").exists()
 

@@ -50,7 +50,10 @@ The device tool's run, from the checkout the GPU session sends, after --pack the
 Time, measured on an H100 (results/gpu_h100.md): steps (1)-(2) take ~100 s; a K=2 run of 50 epochs ~6 min
 (1.9 s of training + 3.7 s of test-set evaluation per epoch, plus ~60 s); K=4 and K=8 take longer (guessed
 9 and 14 s per epoch). A task's 15 minutes of device time, a machine's start included, hold one or two runs:
-the table needs its 17 runs over several GPU sessions, each going on from the committed state.
+the table needs its 17 runs over several GPU sessions, each going on from the committed state. Steps (1)-(2) are
+done (results/gpu_h100.md: 10 CUDA tests passed, the speed figures) and the committed bench/gpu_programme_state.json
+says so, so a later GPU session starts at the trainings with the second kind of call. This is the development
+environment's driver for its lent GPU; a user with GPUs runs reproduce.py (--launcher local or slurm).
 """
 import argparse
 import json

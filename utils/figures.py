@@ -67,6 +67,8 @@ def save_learning_curves(path, panels):
     colours = {"image_auroc": "tab:blue", "pixel_auroc": "tab:orange"}
     for ax, panel in zip(axes.flat, panels):
         for metric, colour in colours.items():
+            if all(v != v for v in panel["auroc"][metric]):  # all NaN: no masks, no pixel curve or references
+                continue
             label = metric.replace("_auroc", "")
             ax.plot(panel["epochs"], panel["auroc"][metric], "o-", ms=3, color=colour, label=f"{label} AUROC")
             if panel["free"].get(metric) is not None:

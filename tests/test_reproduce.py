@@ -243,3 +243,19 @@ def test_slurm_gets_one_array_job_per_run_with_one_gpu(tiny, monkeypatch):
     assert {k: asked["parameters"][k] for k in ("gpus_per_node", "slurm_partition", "slurm_additional_parameters")} \
         == {"gpus_per_node": 1, "slurm_partition": "gpu", "slurm_additional_parameters": {"account": "abc"}}
     assert isinstance(asked["jobs"][0], reproduce.submitit.helpers.Checkpointable)  # requeued when preempted
+
+
+def test_an_mpdd_folder_gets_the_paper_mpdd_means(clone, data_root, tmp_path):
+    image = sorted((data_root / "metal_plate" / "train" / "good").iterdir())[0]
+    for name in ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"):
+        for folder in ("train/good", "test/good"):
+            (tmp_path / "mpdd" / name / folder).mkdir(parents=True)
+            shutil.copyfile(image, tmp_path / "mpdd" / name / folder / image.name)
+    done = reproduce(clone, "--data_path", tmp_path / "mpdd", "--table_only", "--out", tmp_path / "table",
+                     "--runs_dir", tmp_path / "runs", "--save_dir", tmp_path / "ckpt")
+    assert done.returncode == 0, done.stderr[-3000:]
+    markdown = (tmp_path / "table.md").read_text()
+    for title, k, mean in (("Image AUROC", 2, 63.4), ("Pixel AUROC", 8, 95.1)):
+        section = markdown.split(f"## {title}, K = {k}\n")[1].split("\n## ")[0]
+        assert f"The paper's mean over the 6 MPDD categories: {mean:.1f}." in section
+        assert "| category | RegAD, paper protocol |" in section  # no per-category paper columns for MPDD

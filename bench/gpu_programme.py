@@ -3,7 +3,7 @@ train speed on CUDA (TF32/bf16 numerics against fp32 and the batch noise), (3) t
 results/mvtec-mini_resnet18.md (K = 2, 4, 8, every target with a test split, the paper-protocol evaluation
 before each epoch, epoch 0 included), (4) test.py for every trained model and the table. Every step is a
 subprocess of the project's own entry points (pytest, bench/eval_speed.py, bench/train_speed.py,
-bench/run_table.py -> train.py / test.py); its output goes to <work>/logs/<step>.log and its outcome to
+reproduce.py -> train.py / test.py); its output goes to <work>/logs/<step>.log and its outcome to
 <work>/state.json. A rerun skips what the state records as done and resumes trainings from their last.pt.
 
     python bench/gpu_programme.py --pack               # here, on the CPU: build .carry/ (once per data change)
@@ -28,7 +28,7 @@ Sizes, measured here (MiB = 2^20 bytes of file content): a call carries the work
 - A ResNet-18 RegAD last.pt (7.69 M parameters + SGD momentum) is 58.7 MiB (38 gzipped after one step), a
   model without optimiser 29.4 MiB (27.0 gzipped). Beside .carry/train only 18.7 MiB are left: no checkpoint
   fits, so a training cannot move to a fresh machine. Each run (target, K) trains from epoch 0 to 50 on one
-  machine, in pieces (run_table --stop_after N) across calls while it stays warm (save_checkpoints/ stays
+  machine, in pieces (reproduce.py --stop_after N) across calls while it stays warm (save_checkpoints/ stays
   between calls); a run cut by the machine going back restarts from 0 next time (its results/runs files from
   the lost machine are deleted first). Hence runs go one by one (--train_targets T --train_shots K), not
   all 17 to epoch N together, and a run that one call can hold starts only when it can finish in this one (a
@@ -36,8 +36,8 @@ Sizes, measured here (MiB = 2^20 bytes of file content): a call carries the work
 - Return: state.json, programme.tar.gz, and a finished run's model, test-selected model and train_log.json
   (58.8 MiB) as a plain tar in 15 MiB parts, models_<T>_k<K>.tar.partNN: 4 parts, so one run per call (another
   finished run waits for the next call on the same machine). All 17 runs' models (~1 GiB) come back over ~17
-  calls; the complete table needs them in one place: here, after --collect, python bench/run_table.py
-  --backbone resnet18 --backbone_weights ../shared/weights/resnet18_imagenet_to_layer3.pth --epochs 50
+  calls; the complete table needs them in one place: here, after --collect, python reproduce.py
+  --data_path ../shared/data/mvtec-mini --backbone resnet18 --backbone_weights ../shared/weights/resnet18_imagenet_to_layer3.pth --epochs 50
   --shots 2 4 8 --tag gpu --no_training (the --precision the state chose). The runs are named apart (--tag
   gpu): a run trained or resumed on the CPU is another run, and --collect never replaces a file this tree has.
 
@@ -46,11 +46,14 @@ The device tool's run, from the checkout the GPU session sends, after --pack the
             (only while the state has not the equivalence step done; since 2026-11-26 it has)
     then:   the same command, carry [".carry/train", ".carry/restore"], timeout_s 600, again while time is left,
             --collect FILES_AT after each call (it also puts programme.tar.gz into .carry/restore for the next
-            and the state into results/gpu_programme_state.json, to commit).
+            and the state into bench/gpu_programme_state.json, to commit).
 Time, measured on an H100 (results/gpu_h100.md): steps (1)-(2) take ~100 s; a K=2 run of 50 epochs ~6 min
 (1.9 s of training + 3.7 s of test-set evaluation per epoch, plus ~60 s); K=4 and K=8 take longer (guessed
 9 and 14 s per epoch). A task's 15 minutes of device time, a machine's start included, hold one or two runs:
-the table needs its 17 runs over several GPU sessions, each going on from the committed state.
+the table needs its 17 runs over several GPU sessions, each going on from the committed state. Steps (1)-(2) are
+done (results/gpu_h100.md: 10 CUDA tests passed, the speed figures) and the committed bench/gpu_programme_state.json
+says so, so a later GPU session starts at the trainings with the second kind of call. This is the development
+environment's driver for its lent GPU; a user with GPUs runs reproduce.py (--launcher local or slurm).
 """
 import argparse
 import json
@@ -74,8 +77,8 @@ WEIGHTS = "resnet18_imagenet_to_layer3.pth"
 BOTTLE_TEST = {"good": 2, "broken_large": 2}  # the dry run's tiny test set
 CUDA_TEST = "tests/test_models.py::test_cpu_and_cuda_give_the_same_outputs"
 OFFICIAL = "official RegAD on an H100, K=2: 3.5-4.8 s per training epoch (869 queries) + ~243 s of test-set evaluation"
-STATE = "results/gpu_programme_state.json"  # committed by --collect: where the programme stands, across sessions
-TAG = "gpu"  # run_table --tag: these runs' names, apart from any trained on the CPU (a resumed CPU run is another run)
+STATE = "bench/gpu_programme_state.json"  # committed by --collect: where the programme stands, across sessions
+TAG = "gpu"  # reproduce.py --tag: these runs' names, apart from any trained on the CPU (a resumed CPU run is another run)
 STEPS = ("equivalence", "eval_speed", "train_speed", "baselines")  # then one training step per run, then "table"
 
 GPU = {"device": "cuda", "dataset": "mvtec-mini", "shots": [2, 4, 8], "epochs": 50, "rounds": 10, "piece_epochs": 0,
@@ -87,7 +90,7 @@ GPU = {"device": "cuda", "dataset": "mvtec-mini", "shots": [2, 4, 8], "epochs": 
        "guess": {"equivalence": 60, "eval_speed": 90, "train_speed": 60, "baselines": 300, "table": 60},
        "epoch_guess": {2: 6, 4: 9, 8: 14}, "piece_overhead": 60}
 DRY = {"device": "cpu", "dataset": "mvtec-tiny", "shots": [2], "epochs": 2, "rounds": 1, "piece_epochs": 1,
-       "img_size": ["--img_size", 64],  # run_table passes it to train.py and test.py
+       "img_size": ["--img_size", 64],  # reproduce.py passes it to train.py and test.py
        "pytest": ["-k", "(forward_matches_official and eval and cpu) or cpu_and_cuda"],
        "eval_speed": ["--rounds", "1", "--n_test", "2", "--naive_positions", "8", "--repeat", "1"],
        "train_speed": ["--img_size", "64", "--batch_size", "2", "--steps", "1"],
@@ -140,8 +143,8 @@ def tree_files(root):
 def pack():
     """.carry/equivalence and .carry/train from ../shared; prints what each call carries."""
     shared, carry = ROOT.parent / "shared", ROOT / ".carry"
-    sets = {"equivalence": ["reference/official", "reference/paper_table.md", "data/mvtec-mini/bottle"],
-            "train": ["data/mvtec-mini", f"weights/{WEIGHTS}", "reference/paper_table.md"]}
+    sets = {"equivalence": ["reference/official", "data/mvtec-mini/bottle"],
+            "train": ["data/mvtec-mini", f"weights/{WEIGHTS}"]}  # the paper's numbers ship in utils/
     tree = size(ROOT / name for name in tree_files(ROOT))
     restore = size([carry / "restore"]) if (carry / "restore").is_dir() else 0
     for name, parts in sets.items():
@@ -302,12 +305,12 @@ class Programme:
         return status == "done" or self.stop(f"{name} {status}; see its log")
 
     def table(self, *extra, baselines=False):
-        """bench/run_table.py with this programme's settings; --out in <work>. The baseline columns only once
+        """reproduce.py with this programme's settings; --out in <work>. The baseline columns only once
         the baselines step has made them (or for that step): a training piece must not spend its device time
         on them (a skipped baselines step left 12 test.py calls, 230 s on an H100, to the first piece)."""
         c = self.cfg
         baselines = baselines or self.state["steps"].get("baselines", {}).get("status") == "done"
-        return [self.python, "bench/run_table.py", "--data_path", self.data, "--backbone", "resnet18",
+        return [self.python, "reproduce.py", "--data_path", self.data, "--backbone", "resnet18",
                 "--backbone_weights", self.weights, "--shots", *c["shots"], "--rounds", c["rounds"], "--epochs",
                 c["epochs"], "--precision", self.state.get("precision", "fp32"), "--device", c["device"],
                 *c["img_size"], "--tag", TAG, "--out", self.work / "table", *([] if baselines else ["--no_baselines"]),
@@ -379,7 +382,7 @@ class Programme:
     def checkpoints(self, run):
         from models.checkpoint import checkpoint_path
         from models.config import ModelConfig
-        training = f"e{self.cfg['epochs']}_{self.state['precision']}_{TAG}"  # run_table's name of the run
+        training = f"e{self.cfg['epochs']}_{self.state['precision']}_{TAG}"  # reproduce.py's name of the run
         save_dir = self.root / "save_checkpoints" / f"{self.cfg['dataset']}_resnet18_{training}"
         return checkpoint_path(save_dir, "resnet18", ModelConfig.stn_mode, run["shot"], run["target"]).parent, training
 
@@ -404,7 +407,7 @@ class Programme:
         return max(same_k) if same_k else self.cfg["epoch_guess"][run["shot"]]
 
     def train(self, run):
-        """Pieces of run_table.py (train.py up to the epoch the budget allows, resumed from last.pt, then test.py
+        """Pieces of reproduce.py (train.py up to the epoch the budget allows, resumed from last.pt, then test.py
         on the model) until the run reaches the last epoch; False when the programme has to stop. A run starts
         only if it can finish in this call, unless no call could hold it: its machine gives up a part-trained run
         30 s after the call, so a piece left for the next call is usually lost."""
@@ -422,7 +425,7 @@ class Programme:
                             f"regad_selected_{training}_{run['target']}_k{run['shot']}_epoch*"):
                 for stale in self.runs_dir.glob(pattern):
                     stale.unlink()
-        while run["status"] != "done":  # at the last epoch already (a failed test.py): run_table only scores
+        while run["status"] != "done":  # at the last epoch already (a failed test.py): reproduce.py only scores
             per_epoch = per_epoch or self.per_epoch(run)
             stop = min(c["epochs"], reached + int((self.left() - c["piece_overhead"]) // per_epoch),
                        reached + (c["piece_epochs"] or c["epochs"]))
@@ -526,11 +529,12 @@ def collect(folder, root=ROOT):
         (root / ".carry" / "restore").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "programme.tar.gz", root / ".carry" / "restore" / "programme.tar.gz")
         state = json.loads((root / "out" / "gpu_programme" / "state.json").read_text())
+        (root / STATE).parent.mkdir(parents=True, exist_ok=True)
         (root / STATE).with_suffix(".tmp").write_text(json.dumps(state, indent=1) + "\n")
         (root / STATE).with_suffix(".tmp").replace(root / STATE)
         print(f"state in out/gpu_programme and {STATE} (commit it: a later session goes on from there); "
               f".carry/restore updated. When every run is here, the table:\n"
-              f"python bench/run_table.py --backbone resnet18 --backbone_weights ../shared/weights/{WEIGHTS} "
+              f"python reproduce.py --data_path ../shared/data/mvtec-mini --backbone resnet18 --backbone_weights ../shared/weights/{WEIGHTS} "
               f"--epochs 50 --shots 2 4 8 --precision {state.get('precision', 'fp32')} --tag {TAG} --no_training")
     if kept:
         print(f"kept this tree's own {len(kept)} files, not the returned ones: {', '.join(kept[:3])}"

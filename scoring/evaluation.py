@@ -1,5 +1,5 @@
 """The paper's test protocol on one category: for each fixed support set, fit, score every test image,
-and compute the metrics. Shared by test.py, train.py (--select_on_test) and bench/run_table.py."""
+and compute the metrics. Shared by test.py and train.py (--select_on_test)."""
 from contextlib import contextmanager
 from dataclasses import dataclass
 

@@ -80,7 +80,7 @@ def test_returned_files_unpack_here_and_restore_a_fresh_machine(dry_run, tmp_pat
     for name in ("bottle_2_rotation_scale_model.pt", "bottle_2_rotation_scale_model_selected_on_test.pt"):
         assert (tmp_path / RUN / name).read_bytes() == (work / "repo" / RUN / name).read_bytes()
     assert json.loads((tmp_path / "out" / "gpu_programme" / "state.json").read_text())["runs"] == state["runs"]
-    assert json.loads((tmp_path / "results" / "gpu_programme_state.json").read_text())["runs"] == state["runs"]
+    assert json.loads((tmp_path / "bench" / "gpu_programme_state.json").read_text())["runs"] == state["runs"]
     assert any((tmp_path / "results" / "runs" / "mvtec-tiny_resnet18").glob("regad_e2_fp32_gpu_bottle_k2_epoch2.json"))
     fresh = tmp_path / "fresh"  # a new machine: no state, no checkpoints, the carried programme.tar.gz
     restored = programme("--work", fresh, "--restore", tmp_path / ".carry" / "restore" / "programme.tar.gz")
@@ -128,7 +128,7 @@ def test_device_machine_gets_a_shared_folder_pointing_into_the_carried_folders(t
 
 
 def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
-    """A training piece on the GPU must not spend device time on baseline cells: run_table gets --no_baselines
+    """A training piece on the GPU must not spend device time on baseline cells: reproduce.py gets --no_baselines
     until the baselines step has made them, and then leaves those columns as 'not run'."""
     piece = gpu_programme.Programme(tmp_path, tmp_path, tmp_path / "return", gpu_programme.DRY,
                                     gpu_programme.parse_args(["--dry_run", "--work", str(tmp_path)]))
@@ -137,7 +137,7 @@ def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
     piece.state["steps"]["baselines"] = {"status": "done"}
     assert "--no_baselines" not in piece.table("--train_targets", "bottle")
 
-    table = subprocess.run([sys.executable, "bench/run_table.py", "--data_path", data_root, "--backbone", "resnet18",
+    table = subprocess.run([sys.executable, "reproduce.py", "--data_path", data_root, "--backbone", "resnet18",
                             "--epochs", "7", "--no_training", "--no_baselines", "--out", tmp_path / "table"],
                            capture_output=True, text=True, cwd=ROOT, timeout=600)  # 7 epochs: no checkpoint here
     assert table.returncode == 0, table.stderr[-3000:]
@@ -149,9 +149,9 @@ def test_training_pieces_leave_the_baselines_to_their_step(data_root, tmp_path):
 
 
 def test_a_fresh_machine_goes_on_from_the_committed_state(tmp_path):
-    """Without .carry/restore (another session, another checkout) the programme takes results/
+    """Without .carry/restore (another session, another checkout) the programme takes bench/
     gpu_programme_state.json, the state --collect wrote and a session committed, unless it is another setting's."""
-    committed = tmp_path / "results" / "gpu_programme_state.json"
+    committed = tmp_path / "bench" / "gpu_programme_state.json"
     committed.parent.mkdir()
     for settings, expected in (("gpu", {}), ("dry_run", {"eval_speed": {"status": "done"}})):
         committed.write_text(json.dumps({"settings": settings, "steps": {"eval_speed": {"status": "done"}},
@@ -176,7 +176,7 @@ def test_a_run_starts_only_if_it_can_finish_in_the_call(tmp_path):
 
 
 def test_a_tag_that_is_no_folder_name_is_refused_in_one_line(data_root, tmp_path):
-    bad = subprocess.run([sys.executable, "bench/run_table.py", "--data_path", data_root, "--tag", "../gpu",
+    bad = subprocess.run([sys.executable, "reproduce.py", "--data_path", data_root, "--tag", "../gpu",
                           "--no_training", "--no_baselines", "--out", tmp_path / "table"], capture_output=True,
                          text=True, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--tag '../gpu'" in bad.stderr

@@ -52,3 +52,45 @@ def save_test_figures(folder, test, maps, scores):
         title = f"{item.defect_type}/{Path(item.path).name}  score {scores[index]:.2f}"
         save_figure(Path(folder) / f"{item.defect_type}_{Path(item.path).stem}.png", test.images[index],
                     maps[index], title, vmax, mask)
+
+
+def save_learning_curves(path, panels):
+    """A grid, one panel per trained (target, K): test image and pixel AUROC of every evaluated epoch (solid), the
+    registration-free level (dashed) and the paper's number (dotted) in the same colours, the training loss on
+    the right axis (grey). panels: dicts with title, epochs, auroc {metric: [%]}, loss ([epochs], [losses]),
+    free {metric: %}, paper {metric: % or None}. Nothing is written without panels."""
+    if not panels:
+        return None
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    colours = {"image_auroc": "tab:blue", "pixel_auroc": "tab:orange"}
+    for ax, panel in zip(axes.flat, panels):
+        for metric, colour in colours.items():
+            if all(v != v for v in panel["auroc"][metric]):  # all NaN: no masks, no pixel curve or references
+                continue
+            label = metric.replace("_auroc", "")
+            ax.plot(panel["epochs"], panel["auroc"][metric], "o-", ms=3, color=colour, label=f"{label} AUROC")
+            if panel["free"].get(metric) is not None:
+                ax.axhline(panel["free"][metric], color=colour, ls="--", lw=1, label=f"{label}, registration-free")
+            if panel["paper"].get(metric) is not None:
+                ax.axhline(panel["paper"][metric], color=colour, ls=":", lw=1.5, label=f"{label}, paper")
+        loss = ax.twinx()
+        loss.plot(*panel["loss"], color="grey", lw=1)
+        loss.tick_params(axis="y", colors="grey", labelsize=7)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("test AUROC (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    legend["training loss (right axis)"] = plt.Line2D([], [], color="grey")
+    ncol = 2 if columns == 1 else 4
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.2 * (-(-len(legend) // ncol) + 0.5) / (3.2 * rows), 1, 1))  # 0.2 inch a line
+    save_plot(fig, path)
+    return path

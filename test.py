@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from datasets.mvtec import discover_categories, get_category
-from datasets.support_set import support_sets_for
+from datasets.support_set import support_sets_for, support_source
 from models.checkpoint import find_checkpoint, load_model, resolve_checkpoint
 from models.config import ModelConfig
 from scoring.evaluation import METRICS, evaluate, load_test_data
@@ -110,19 +110,21 @@ def run(args):
             tests[(category.name, config.img_size)] = load_test_data(category, config.img_size)
     supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config.img_size,
                                  explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
+    sources = [support_source(category, shot, args.rounds, args.seed, args.dataset, args.support_set, ROOT)[1]
+               for category, shot, _, _ in jobs]
     report = {"command": " ".join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
               "method": args.method, "torch": torch.__version__, "results": {},
               "skipped": skipped}
     with all_or_nothing():  # figures and tables replace earlier ones only when the whole run succeeded
-        for (category, shot, ckpt, config), support in zip(jobs, supports):
+        for (category, shot, ckpt, config), support, source in zip(jobs, supports, sources):
             model, meta = load_model(ckpt, options, args.backbone_weights)
             model.to(device)
             report.update(config.as_dict())
             report["protocol"] = protocol_label(meta, args.method)
             test = tests[(category.name, config.img_size)]
             print(f"== {category.name}  K={shot}  checkpoint={ckpt}  ({len(test.labels)} test images, "
-                  f"{'with' if test.masks is not None else 'no'} masks)")
+                  f"{'with' if test.masks is not None else 'no'} masks; {source})")
             started = time.time()
 
             def on_round(index, metrics, maps, scores):
@@ -132,7 +134,7 @@ def run(args):
 
             scorer = SCORERS[args.method](model, device, args.eval_batch_size)
             result = evaluate(scorer, test, support, on_round)
-            result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta)
+            result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta, support=source)
             report["results"].setdefault(category.name, {})[str(shot)] = result
             summary = "  ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items() if s)
             print(f"  mean over {len(support)} rounds: {summary}  ({result['seconds']:.1f} s)")

@@ -31,7 +31,8 @@ def run_main(main, on_interrupt=None):
 
 
 def add_data_args(parser):
-    parser.add_argument("--data_path", required=True, help="MVTec-layout folder (CAT/train/good, CAT/test/...)")
+    parser.add_argument("--data_path", default="MVTec", help="MVTec-layout folder (CAT/train/good, CAT/test/...); "
+                                                             "default MVTec, as the official code's ./MVTec/")
     parser.add_argument("--dataset", help="name for support_set/<dataset>/ (default: the data folder's name)")
 
 

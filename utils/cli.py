@@ -69,13 +69,19 @@ def pick_device(name):
 
 
 def check_writable_dir(folder):
-    """Fail before any compute if outputs cannot be written (creates the folder)."""
+    """Fail before any compute if outputs cannot be written. Leaves nothing behind (a failed run must not leave
+    empty folders): missing folders are created to prove it can be done, then removed; atomic writes create
+    them again when there is something to write."""
     folder = Path(folder)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder '{folder}' ({exc.strerror}); choose a writable location")
-    if not os.access(folder, os.W_OK):
+    writable = os.access(folder, os.W_OK)
+    for created in missing:  # deepest first
+        created.rmdir()
+    if not writable:
         raise UserError(f"output folder '{folder}' is not writable; choose a writable location")
 
 

@@ -150,7 +150,8 @@ def test_test_mask_of_another_size_fails_before_any_compute(leather_data, tmp_pa
     mask = sorted((leather_data / "leather" / "ground_truth" / "cut").iterdir())[0]
     Image.open(mask).resize((200, 224)).save(mask)
     report = earlier(tmp_path / "r.json")
-    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r")
+    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r",
+                 "--overwrite")
     assert_one_line_error(result, f"mask '{mask}' is 200x224 but its image", "is 224x224")
     assert "round 0" not in result.stdout and report.read_bytes() == b"an earlier run's file"
     assert not (tmp_path / "r.md").exists() and temp_files(tmp_path) == []
@@ -167,7 +168,7 @@ def test_test_full_disk_while_saving_maps_keeps_every_earlier_file(leather_data,
     report, figure = earlier(tmp_path / "r.json"), earlier(tmp_path / "maps" / "leather" / "k2" / "cut_000.png")
     full_disk(monkeypatch, after=3)
     result = run_here("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out",
-                      tmp_path / "r", "--save_maps", tmp_path / "maps")
+                      tmp_path / "r", "--save_maps", tmp_path / "maps", "--overwrite")
     assert_one_line_error(result, "disk full while writing", "earlier files are intact")
     assert report.read_bytes() == figure.read_bytes() == b"an earlier run's file"
     assert files_under(tmp_path / "maps") == [figure] and temp_files(tmp_path) == []
@@ -289,3 +290,71 @@ def test_test_eval_batch_size_must_be_positive(data_root, out):
                  "--eval_batch_size", "0", "--out", out / "r")
     assert_one_line_error(result, "--eval_batch_size", "at least 1")
     assert files_under(out) == []
+
+
+# ---- issue 23: nothing silently wrong, nothing lost ----
+
+def leaky_checkpoint(path, shot=4):
+    """A checkpoint whose meta lists leather (the target below) among its training categories, trained with K=4."""
+    save_checkpoint(path, RegAD(ModelConfig("efficientnet_lite0", img_size=64)),
+                    {"shot": shot, "train_categories": ["bottle", "leather"], "epoch": 1})
+    return path
+
+
+def test_test_refuses_a_checkpoint_trained_on_the_target_unless_allowed_and_labelled(data_root, tmp_path, out):
+    ckpt = leaky_checkpoint(tmp_path / "leaky.pt")
+    result = run("test.py", "--obj", "leather", "--data_path", data_root, "--checkpoint", ckpt, "--rounds", "1",
+                 "--out", out / "r")
+    assert_one_line_error(result, "was trained on leather itself", "--allow_target_in_training")
+    assert not out.exists()
+    result = run("test.py", "--obj", "leather", "--data_path", data_root, "--checkpoint", ckpt, "--rounds", "1",
+                 "--out", out / "r", "--allow_target_in_training")
+    assert result.returncode == 0, result.stderr
+    report, table = json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+    assert report["protocol"].startswith("LEAKAGE") and "honest" not in report["protocol"]
+    assert report["protocol"] in table and "LEAKAGE" in result.stdout
+    assert "note: checkpoint trained with K=4, scored with K=2" in result.stdout
+    assert "checkpoint trained with K=4, scored with K=2" in table
+
+
+def test_test_never_replaces_a_report_without_overwrite_and_records_a_pastable_command(data_root, tmp_path):
+    out = tmp_path / "with space" / "r"
+    quick = ["--obj", "leather", "--data_path", data_root, "--checkpoint", "none", "--rounds", "1", "--img_size",
+             "64", *LITE, "--out", out]
+    assert run("test.py", *quick).returncode == 0
+    first = out.with_suffix(".json").read_bytes()
+    assert shlex.split(json.loads(first)["command"])[-1] == str(out)  # quoted: pasting it runs the same command
+    result = run("test.py", *quick)
+    assert_one_line_error(result, "holds an earlier report", "--overwrite")
+    assert out.with_suffix(".json").read_bytes() == first
+    assert run("test.py", *quick, "--overwrite").returncode == 0
+
+
+def test_test_default_report_names_differ_across_backbone_data_checkpoint_and_k(data_root, tmp_path):
+    import importlib.util
+
+    from datasets.mvtec import get_category
+    spec = importlib.util.spec_from_file_location("entry_test", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy_category(data_root, "leather", tmp_path / "other")
+
+    def name(data=data_root, ckpt="none", backbone="resnet18", shot=2):
+        args = module.parse_args(["--obj", "leather", "--data_path", str(data), "--checkpoint", str(ckpt),
+                                  "--shot", str(shot)])
+        return module.default_out(args, [(get_category(data, "leather"), shot, ckpt, ModelConfig(backbone))]).name
+    names = [name(), name(backbone="efficientnet_lite0"), name(data=tmp_path / "other"), name(ckpt=tmp_path / "a.pt"),
+             name(ckpt=tmp_path / "b" / "a.pt"), name(shot=4)]
+    assert len(set(names)) == len(names), names
+    assert names[0].startswith("mvtec-mini_leather_regad_resnet18_untrained_k2_")
+    assert names[1].startswith("mvtec-mini_leather_regad_efficientnet_lite0_untrained_k2_")
+
+
+def test_failed_runs_leave_no_empty_output_folder(data_root, tmp_path):
+    result = run("test.py", "--obj", "leather", "--shot", "1000", "--data_path", data_root, "--checkpoint", "none",
+                 *LITE, "--out", tmp_path / "new" / "r", "--save_maps", tmp_path / "maps")
+    assert_one_line_error(result, "K=1000")
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--backbone", "resnet18", "--save_dir",
+                 tmp_path / "ckpts", env={"TORCH_HOME": str(tmp_path / "torch_home")})
+    assert_one_line_error(result, "resnet18-f37072fd.pth")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "torch_home") == []  # no new, maps, ckpts

@@ -30,6 +30,10 @@ def markdown_tables(report):
         mean_cells = [f"{100 * np.mean(v):.1f}" if v else "n/a" for v in column_means.values()]
         lines += [f"### {TITLES[metric]}", "", "| category | " + " | ".join(f"K={k}" for k in shots) + " |",
                   "|---|" + "---|" * len(shots), *rows, "| **mean** | " + " | ".join(mean_cells) + " |", ""]
+    notes = [f"{name} K={k}: {note}" for name, per_cat in results.items() for k, r in per_cat.items()
+             for note in r.get("notes", [])]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
     sources = [f"{name} K={k}: {r['support']}" for name, per_cat in results.items() for k, r in per_cat.items()
                if "support" in r]
     if sources:

@@ -23,10 +23,10 @@ from models.config import ModelConfig
 from models.regad import RegAD
 from scoring.evaluation import evaluate, load_test_data
 from scoring.scorers import GaussianScorer
-from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
+from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, positive_int, run_main
 from utils.errors import UserError
 from utils.hardware import code_version
-from utils.io import atomic_torch_save, atomic_write_json
+from utils.io import atomic_torch_save, atomic_write_json, lock_folder, release_folders
 from utils.precision import PRECISIONS, autocast
 
 ROOT = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--val_categories", nargs="*", default=[],
                         help=f"hold out {VAL_FRACTION:.0%} of these training categories' normal images "
                              "for a validation loss curve")
-    parser.add_argument("--max_images_per_category", type=int,
+    parser.add_argument("--max_images_per_category", type=positive_int,
                         help="use only the first N normal images of each category (quick runs, CI)")
     parser.add_argument("--select_on_test", action="store_true",
                         help="PAPER PROTOCOL, OPTIMISTIC: as the official train.py, evaluate on the target's "
@@ -123,6 +123,14 @@ def validation_loss(model, sampler, images, device, precision):
 
 
 def run(args):
+    """train(), with the run folder's lock released however it ends."""
+    try:
+        return train(args)
+    finally:
+        release_folders()
+
+
+def train(args):
     if args.shot < 1 or args.epochs < 1:
         raise UserError("--shot and --epochs must be at least 1")
     stop = args.epochs if args.stop_after is None else args.stop_after
@@ -136,6 +144,7 @@ def run(args):
     target, pools = split_pools(args)
     out_dir = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent
     check_writable_dir(out_dir)
+    lock_folder(out_dir, shlex.join(["python"] + sys.argv))  # before last.pt is looked at: one writer per run
     last_path = out_dir / "last.pt"
     if args.resume and not last_path.is_file():
         raise UserError(f"nothing to resume: '{last_path}' does not exist; drop --resume to start training")
@@ -179,7 +188,7 @@ def run(args):
     def run_meta(epoch):
         return {"shot": args.shot, "obj": args.obj, "epoch": epoch, "epochs": args.epochs,
                 "train_categories": list(pools), "seed": args.seed, "precision": args.precision,
-                "code_version": code_version(), "history": history, "command": " ".join(["python"] + sys.argv),
+                "code_version": code_version(), "history": history, "command": shlex.join(["python"] + sys.argv),
                 "selected_on_test": False, **(selection.state() if selection else {})}
 
     for epoch in range(first_epoch, stop + 1):

@@ -42,6 +42,8 @@ def test_train_missing_data_folder(tmp_path, out):
                                                    ("--stn_mode", "spin", "invalid choice"),
                                                    ("--shot", "0", "at least 1"),
                                                    ("--batch_size", "0", "must be at least 1"),
+                                                   ("--max_images_per_category", "-1", "must be at least 1"),
+                                                   ("--max_images_per_category", "0", "must be at least 1"),
                                                    ("--precision", "tf32", "needs a CUDA device")])
 def test_train_bad_options(data_root, out, option, value, fragment):
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, *LITE, option, value)
@@ -358,3 +360,24 @@ def test_failed_runs_leave_no_empty_output_folder(data_root, tmp_path):
                  tmp_path / "ckpts", env={"TORCH_HOME": str(tmp_path / "torch_home")})
     assert_one_line_error(result, "resnet18-f37072fd.pth")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "torch_home") == []  # no new, maps, ckpts
+
+
+def test_a_second_run_into_the_same_run_folder_is_refused_and_a_killed_one_leaves_no_lock(data_root, out):
+    folder = out / "efficientnet_lite0" / "rotation_scale" / "2" / "leather"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.io import lock_folder; "
+                               f"lock_folder({str(folder)!r}, 'python train.py --obj leather (the first run)'); "
+                               "print('locked', flush=True); time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", out, "--epochs", "1",
+                     *TINY)
+        assert_one_line_error(result, f"'{folder}' is being written by another run (pid {holder.pid}: python "
+                                      "train.py --obj leather (the first run))")
+    finally:
+        holder.kill()  # as kill -9: no clean-up code runs
+        holder.wait()
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", out, "--epochs", "1",
+                 *TINY)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "last.pt").is_file()

@@ -13,7 +13,7 @@ from datasets.mvtec import discover_categories, get_category
 from datasets.support_set import support_sets_for, support_source
 from models.checkpoint import find_checkpoint, load_model, resolve_checkpoint
 from models.config import ModelConfig
-from scoring.evaluation import METRICS, evaluate, load_test_data
+from scoring.evaluation import METRICS, STD_DDOF, evaluate, load_test_data
 from scoring.patchcore import PatchCoreScorer
 from scoring.scorers import GaussianScorer
 from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
@@ -148,7 +148,7 @@ def run(args):
                for category, shot, _, _ in jobs]
     report = {"command": shlex.join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
-              "method": args.method, "torch": torch.__version__, "results": {},
+              "method": args.method, "torch": torch.__version__, "std_ddof": STD_DDOF, "results": {},
               "skipped": skipped}
     with all_or_nothing():  # figures and tables replace earlier ones only when the whole run succeeded
         for (category, shot, ckpt, config), support, source in zip(jobs, supports, sources):
@@ -158,6 +158,9 @@ def run(args):
             report["protocol"] = protocol_label(meta, args.method, category.name)
             notes = [f"checkpoint trained with K={meta['shot']}, scored with K={shot}"] \
                 if meta.get("shot") not in (None, shot) else []
+            if len(support) > 1 and all(torch.equal(s, support[0]) for s in support[1:]):
+                notes.append(f"all {len(support)} support sets are the same images (the normal pool holds only K): "
+                             "one measurement repeated, no spread")
             if category.name in meta.get("train_categories", []):
                 notes.append(f"LEAKAGE: {category.name} was among the checkpoint's training categories")
             for note in notes:
@@ -177,13 +180,18 @@ def run(args):
             result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta, support=source,
                           protocol=report["protocol"], notes=notes)
             report["results"].setdefault(category.name, {})[str(shot)] = result
-            summary = "  ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items() if s)
-            print(f"  mean over {len(support)} rounds: {summary}  ({result['seconds']:.1f} s)")
+            print(f"  mean +- sample std over {len(support)} rounds: {spread_line(result['summary'])}  "
+                  f"({result['seconds']:.1f} s)")
         atomic_write_json(out.with_suffix(".json"), report)
         atomic_write_text(out.with_suffix(".md"), markdown_tables(report))
     print(markdown_tables(report))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return report
+
+
+def spread_line(summary):
+    return "  ".join(f"{m} {s['mean']:.4f}" + (f" +- {s['std']:.4f}" if s["std"] is not None else "")
+                     for m, s in summary.items() if s)
 
 
 def protocol_label(meta, method, target):

@@ -233,7 +233,7 @@ def cell_text(result, metric, method):
     summary = result["summary"][metric]
     if summary is None:
         return "n/a (no masks)"
-    text = f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+    text = f"{100 * summary['mean']:.1f}" + (f" ± {100 * summary['std']:.1f}" if summary["std"] is not None else "")
     if method == "regad_selected":
         return f"{text} (ep {result['epoch']})"
     if method == "regad" and result["epoch"] < result["epochs"]:

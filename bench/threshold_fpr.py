@@ -64,7 +64,7 @@ def main():
     device = pick_device(args.device)
     model, _ = load_model("none", {"backbone": args.backbone}, args.backbone_weights)
     scorer = GaussianScorer(model.to(device), device)
-    started, rows = time.time(), []
+    started, rows, version = time.time(), [], code_version()  # the code measured, before any later commit
     for name in args.categories:
         category = get_category(args.data_path, name, need_test=True)
         test = load_test_data(category, model.config.img_size)
@@ -90,7 +90,7 @@ def main():
     report = {"command": shlex.join(["python", "bench/threshold_fpr.py", *sys.argv[1:]]).replace(str(ROOT) + "/", ""),
               "data_path": args.data_path, "backbone": args.backbone, "backbone_weights": args.backbone_weights,
               "checkpoint": "none (untrained network: ImageNet backbone, identity STN)", "img_size": model.config.img_size,
-              "fpr_asked": args.fpr, "seed": args.seed, "sets": args.sets, "code_version": code_version(),
+              "fpr_asked": args.fpr, "seed": args.seed, "sets": args.sets, "code_version": version,
               "machine": describe_machine(device).replace("\n", "; "), "seconds": time.time() - started, "rows": rows}
     atomic_write_json(Path(args.out).with_suffix(".json"), report)
     atomic_write_text(Path(args.out).with_suffix(".md"), markdown(report))

@@ -96,7 +96,7 @@ def test_test_incompatible_or_corrupt_checkpoint(data_root, out, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(256))
     result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", garbage, "--out", out / "r")
-    assert_one_line_error(result, "cannot be read")
+    assert_one_line_error(result, "is not a PyTorch file")
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"model": {}}, wrong)
@@ -237,7 +237,7 @@ def test_train_corrupt_backbone_weights(data_root, out, tmp_path):
     weights.write_bytes(os.urandom(512))
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, "--backbone", "resnet18",
                  "--backbone_weights", weights, "--img_size", "64", "--max_images_per_category", "4")
-    assert_one_line_error(result, f"--backbone_weights '{weights}' cannot be read", "resnet18-f37072fd.pth")
+    assert_one_line_error(result, f"--backbone_weights '{weights}' is not a PyTorch file", "resnet18-f37072fd.pth")
     assert files_under(out) == []
 
 
@@ -381,3 +381,16 @@ def test_a_second_run_into_the_same_run_folder_is_refused_and_a_killed_one_leave
                  *TINY)
     assert result.returncode == 0, result.stderr
     assert (folder / "last.pt").is_file()
+
+
+def test_messages_name_what_is_wrong(data_root, tmp_path, out):
+    """A data path that is a file is not 'missing'; a text file named .pt is not 'unreadable (KeyError)'."""
+    text = tmp_path / "notes.txt"
+    text.write_text("a text file")
+    result = run("test.py", "--obj", "bottle", "--data_path", text, "--checkpoint", "none", "--out", out / "r")
+    assert_one_line_error(result, f"data path '{text}' is a file, not a folder")
+    fake = tmp_path / "model.pt"
+    fake.write_text("model weights will go here\n")
+    result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", fake, "--out", out / "r")
+    assert_one_line_error(result, f"checkpoint '{fake}' is not a PyTorch file", "b'mode'")
+    assert not out.exists()

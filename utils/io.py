@@ -109,7 +109,12 @@ def read_torch_file(path, what, missing, unreadable):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{what} '{path}' cannot be read ({type(exc).__name__}); {unreadable}")
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip (or, before 1.6, a pickle)
+            raise UserError(f"{what} '{path}' is not a PyTorch file (torch.save writes a zip archive; this one starts "
+                            f"with {head!r}); {unreadable}")
+        raise UserError(f"{what} '{path}' is damaged or holds more than tensors ({type(exc).__name__}); {unreadable}")
 
 
 def atomic_write_text(path, text):

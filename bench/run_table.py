@@ -20,6 +20,7 @@ learning-curve figure per trained target (train loss; test image and pixel AUROC
 """
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ class Runner:
     def call(self, script, options, output):
         """Run script unless output exists (None: always); return output's path. A failure stops the table."""
         options = [str(o) for o in options]
-        self.commands.append(" ".join(["python", script, *options]).replace(str(ROOT) + "/", ""))
+        self.commands.append(shlex.join(["python", script, *options]).replace(str(ROOT) + "/", ""))
         if output is None or not Path(output).exists():
             print("$", self.commands[-1], flush=True)
             if subprocess.run([sys.executable, script, *options], cwd=ROOT).returncode:

@@ -363,24 +363,28 @@ def test_failed_runs_leave_no_empty_output_folder(data_root, tmp_path):
 
 
 def test_a_second_run_into_the_same_run_folder_is_refused_and_a_killed_one_leaves_no_lock(data_root, out):
-    folder = out / "efficientnet_lite0" / "rotation_scale" / "2" / "leather"
+    save_dir = out / "runs here"  # a space: the recorded command must still paste as one argument
+    folder = save_dir / "efficientnet_lite0" / "rotation_scale" / "2" / "leather"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.io import lock_folder; "
                                f"lock_folder({str(folder)!r}, 'python train.py --obj leather (the first run)'); "
                                "print('locked', flush=True); time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", out, "--epochs", "1",
-                     *TINY)
+        result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs",
+                     "1", *TINY)
         assert_one_line_error(result, f"'{folder}' is being written by another run (pid {holder.pid}: python "
                                       "train.py --obj leather (the first run))")
     finally:
         holder.kill()  # as kill -9: no clean-up code runs
         holder.wait()
-    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", out, "--epochs", "1",
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs", "1",
                  *TINY)
     assert result.returncode == 0, result.stderr
-    assert (folder / "last.pt").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "leather_2_rotation_scale_model.pt",
+                                                        "train_log.json"]  # the lock file is gone too
+    command = shlex.split(json.loads((folder / "train_log.json").read_text())["command"])
+    assert command[command.index("--save_dir") + 1] == str(save_dir)
 
 
 def test_messages_name_what_is_wrong(data_root, tmp_path, out):

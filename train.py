@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets.mvtec import discover_categories, get_category, load_images
 from datasets.sampler import PairSampler
-from datasets.support_set import support_sets_for
+from datasets.support_set import support_sets_for, support_source
 from models.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.regad import RegAD
@@ -264,6 +264,8 @@ class SelectOnTest:
         self.test = load_test_data(target, args.img_size)
         self.supports = support_sets_for(target, args.shot, args.rounds, args.seed, args.dataset,
                                          args.img_size, root=ROOT)
+        self.source = support_source(target, args.shot, args.rounds, args.seed, args.dataset, root=ROOT)[1]
+        print(f"test-set evaluations on {self.source}")
         self.path = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj,
                                     selected_on_test=True)
 
@@ -271,7 +273,7 @@ class SelectOnTest:
         self.best, self.curve = meta.get("best_on_test"), list(meta.get("test_curve", []))
 
     def state(self):
-        return {"best_on_test": self.best, "test_curve": self.curve}
+        return {"best_on_test": self.best, "test_curve": self.curve, "test_support": self.source}
 
     def evaluate(self, model, meta):
         started = time.time()

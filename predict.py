@@ -7,7 +7,6 @@ scored), then writes scores.csv, one figure per image and an index.html gallery 
 import csv
 import html
 import io
-import shlex
 import sys
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from scoring.gaussian import Gaussian
 from scoring.maps import image_scores
 from scoring.scorers import GaussianScorer
 from scoring.threshold import leave_one_out, threshold_from, warnings_for
-from utils.cli import Parser, add_device_args, check_writable_dir, check_writable_file, pick_device, run_main
+from utils.cli import (Parser, add_device_args, check_writable_dir, check_writable_file, command_line, pick_device,
+                       run_main)
 from utils.errors import UserError
 from utils.memory import reusing_freed_memory
 from utils.figures import save_figure
@@ -231,7 +231,7 @@ def write_outputs(args, out, info, gaussian, scorer, results):
     writer.writerows(rows)
     atomic_write_text(out / "scores.csv", buffer.getvalue())
     atomic_write_json(out / "threshold.json", {
-        "command": shlex.join(["python"] + sys.argv), **{k: info.get(k) for k in (
+        "command": command_line(), **{k: info.get(k) for k in (
             "threshold", "method", "fpr", "interval", "n_images", "n_scores", "warnings", "support", "loo_scores",
             "checkpoint", "backbone", "stn_mode", "img_size", "code_version")}, "model": args.model})
     write_gallery(out, sorted(rows, key=lambda r: -r["score"]), info)

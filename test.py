@@ -1,8 +1,6 @@
 """Evaluate RegAD on categories unseen in training, with the paper's protocol: for each of the fixed
 support sets (10 by default), fit per-position Gaussians on the augmented support features and score
 every test image. Prints per-round and mean +- std metrics; writes a Markdown table and a JSON file."""
-import shlex
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -16,7 +14,7 @@ from models.config import ModelConfig
 from scoring.evaluation import METRICS, STD_DDOF, evaluate, load_test_data
 from scoring.patchcore import PatchCoreScorer
 from scoring.scorers import GaussianScorer
-from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
+from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, command_line, pick_device, run_main
 from utils.errors import UserError
 from utils.figures import save_test_figures
 from utils.hardware import code_version
@@ -146,7 +144,7 @@ def run(args):
                                  explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
     sources = [support_source(category, shot, args.rounds, args.seed, args.dataset, args.support_set, ROOT)[1]
                for category, shot, _, _ in jobs]
-    report = {"command": shlex.join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
+    report = {"command": command_line(), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
               "method": args.method, "torch": torch.__version__, "std_ddof": STD_DDOF, "results": {},
               "skipped": skipped}

@@ -23,7 +23,8 @@ from models.config import ModelConfig
 from models.regad import RegAD
 from scoring.evaluation import evaluate, load_test_data
 from scoring.scorers import GaussianScorer
-from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, positive_int, run_main
+from utils.cli import (Parser, add_data_args, add_device_args, check_writable_dir, command_line, pick_device,
+                       positive_int, run_main)
 from utils.errors import UserError
 from utils.hardware import code_version
 from utils.io import atomic_torch_save, atomic_write_json, lock_folder, release_folders
@@ -144,7 +145,7 @@ def train(args):
     target, pools = split_pools(args)
     out_dir = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent
     check_writable_dir(out_dir)
-    lock_folder(out_dir, shlex.join(["python"] + sys.argv))  # before last.pt is looked at: one writer per run
+    lock_folder(out_dir, command_line())  # before last.pt is looked at: one writer per run
     last_path = out_dir / "last.pt"
     if args.resume and not last_path.is_file():
         raise UserError(f"nothing to resume: '{last_path}' does not exist; drop --resume to start training")
@@ -188,7 +189,7 @@ def train(args):
     def run_meta(epoch):
         return {"shot": args.shot, "obj": args.obj, "epoch": epoch, "epochs": args.epochs,
                 "train_categories": list(pools), "seed": args.seed, "precision": args.precision,
-                "code_version": code_version(), "history": history, "command": shlex.join(["python"] + sys.argv),
+                "code_version": code_version(), "history": history, "command": command_line(),
                 "selected_on_test": False, **(selection.state() if selection else {})}
 
     for epoch in range(first_epoch, stop + 1):

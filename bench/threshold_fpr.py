@@ -78,10 +78,12 @@ def main():
                 good, bad = scores[test.labels == 0], scores[test.labels == 1]
                 new = threshold_from(loo, args.fpr)
                 old = float(np.quantile(loo[:, 0], 1 - args.fpr))
-                rows.append({"category": name, "shot": shot, "support": [category.train_images[i].name for i in chosen],
+                names = [category.train_images[i].name for i in chosen]
+                rows.append({"category": name, "shot": shot, "support": names,
                              "threshold": new["threshold"], "interval": new["interval"], "old_threshold": old,
                              "n_good": len(good), "n_defective": len(bad),
-                             "fpr": float(np.mean(good > new["threshold"])), "tpr": float(np.mean(bad > new["threshold"])),
+                             "fpr": float(np.mean(good > new["threshold"])),
+                             "tpr": float(np.mean(bad > new["threshold"])),
                              "old_fpr": float(np.mean(good > old)), "old_tpr": float(np.mean(bad > old))})
                 r = rows[-1]
                 print(f"{name} K={shot} {r['support']}: threshold {r['threshold']:.2f} "
@@ -89,7 +91,8 @@ def main():
                       f"K-score rule {old:.2f} FPR {r['old_fpr']:.3f} TPR {r['old_tpr']:.3f}", flush=True)
     report = {"command": shlex.join(["python", "bench/threshold_fpr.py", *sys.argv[1:]]).replace(str(ROOT) + "/", ""),
               "data_path": args.data_path, "backbone": args.backbone, "backbone_weights": args.backbone_weights,
-              "checkpoint": "none (untrained network: ImageNet backbone, identity STN)", "img_size": model.config.img_size,
+              "checkpoint": "none (untrained network: ImageNet backbone, identity STN)",
+              "img_size": model.config.img_size,
               "fpr_asked": args.fpr, "seed": args.seed, "sets": args.sets, "code_version": version,
               "machine": describe_machine(device).replace("\n", "; "), "seconds": time.time() - started, "rows": rows}
     atomic_write_json(Path(args.out).with_suffix(".json"), report)

@@ -2,6 +2,7 @@
 one 'error: ...' line and exit code 2, like argparse's own errors; real bugs still raise with a traceback."""
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def run_main(main, on_interrupt=None):
     except KeyboardInterrupt:
         print(f"interrupted{'; ' + on_interrupt() if on_interrupt else ''}", file=sys.stderr)
         sys.exit(130)
+
+
+def command_line():
+    """This process's command, shell-quoted (paths with spaces paste back as one argument), for reports."""
+    return shlex.join(["python", *sys.argv])
 
 
 def add_data_args(parser):

@@ -17,6 +17,7 @@ SLURM job array (--launcher slurm), both through submitit; the table is built fr
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,9 @@ class Runner:
     def call(self, script, options, done, extra=()):
         """Record the command; when executing and not done, run it (with extra options, e.g. --resume)."""
         options = [str(o) for o in options]
-        self.commands.append(portable(" ".join(["python", script, *options])))
+        self.commands.append(portable(shlex.join(["python", script, *options])))
         if self.execute and not done:
-            command = " ".join(["python", script, *map(str, [*options, *extra])])
+            command = shlex.join(["python", script, *map(str, [*options, *extra])])
             print("$", portable(command), flush=True)
             if subprocess.run([sys.executable, script, *options, *map(str, extra)], cwd=ROOT).returncode:
                 raise UserError(f"'{portable(command)}' failed (its message is above); fix that and rerun: "
@@ -350,7 +351,7 @@ def cell_text(result, metric, method):
     summary = result["summary"].get(metric)
     if summary is None:
         return "n/a"
-    text = f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+    text = f"{100 * summary['mean']:.1f}" + (f" ± {100 * summary['std']:.1f}" if summary["std"] is not None else "")
     meta = result.get("meta", {})
     if method == "regad_selected":
         return f"{text} ({meta.get('epoch')})"
@@ -362,7 +363,7 @@ def cell_text(result, metric, method):
 def markdown(args, runner, cells, paper, hardware):
     targets = list(cells["regad"])
     lines = [f"# RegAD on {runner.dataset}, backbone {runner.tag}", "",
-             "Cells: mean ± std over the support sets, in percent; `n/a`: no masks; `not run`: see *Cells not "
+             "Cells: mean ± sample std (ddof=1) over the support sets, in percent; `n/a`: no masks; `not run`: see *Cells not "
              "run*. `paper` / `impl.`: RegAD's published numbers and the official implementation's "
              "(utils/paper_numbers.csv; full MVTec AD, epoch chosen on the test set). Columns are described below "
              "the tables.", ""]
@@ -390,7 +391,7 @@ def markdown(args, runner, cells, paper, hardware):
               "", "## Cells not run", ""]
     lines += sorted({f"- {METHODS[m]}, {t} K={k}: {r['not_run']}" for m in METHODS for t, per in cells[m].items()
                      for k, r in per.items() if "not_run" in r}) or ["- none"]
-    lines += ["", "## Commands", "", "```", f"python reproduce.py {' '.join(sys.argv[1:])}",
+    lines += ["", "## Commands", "", "```", f"{shlex.join(['python', 'reproduce.py', *sys.argv[1:]])}",
               *dict.fromkeys(runner.commands), "```", ""]
     return portable("\n".join(lines))
 

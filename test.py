@@ -1,20 +1,20 @@
 """Evaluate RegAD on categories unseen in training, with the paper's protocol: for each of the fixed
 support sets (10 by default), fit per-position Gaussians on the augmented support features and score
 every test image. Prints per-round and mean +- std metrics; writes a Markdown table and a JSON file."""
-import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
 
 from datasets.mvtec import discover_categories, get_category
-from datasets.support_set import support_sets_for
+from datasets.support_set import support_sets_for, support_source
 from models.checkpoint import find_checkpoint, load_model, resolve_checkpoint
 from models.config import ModelConfig
-from scoring.evaluation import METRICS, evaluate, load_test_data
+from scoring.evaluation import METRICS, STD_DDOF, evaluate, load_test_data
 from scoring.patchcore import PatchCoreScorer
 from scoring.scorers import GaussianScorer
-from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
+from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, command_line, pick_device, run_main
 from utils.errors import UserError
 from utils.figures import save_test_figures
 from utils.hardware import code_version
@@ -43,8 +43,12 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="fixed support sets per category and K")
     parser.add_argument("--seed", type=int, default=668, help="seed of generated support sets")
     parser.add_argument("--support_set", help="explicit support file (our .json or the official <K>_10.pt)")
-    parser.add_argument("--out", help="output prefix: writes <out>.json and <out>.md "
-                                      "(default results/runs/<obj|all>_<checkpoint>_k<shots>)")
+    parser.add_argument("--out", help="output prefix: writes <out>.json and <out>.md (default results/runs/<data>_"
+                                      "<obj|all>_<method>_<backbone>_<checkpoint>_k<shots>_<hash of the settings>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report at --out")
+    parser.add_argument("--allow_target_in_training", action="store_true",
+                        help="score a checkpoint trained on the target category too (leakage: not a few-shot "
+                             "result; labelled so in every output)")
     parser.add_argument("--save_maps", help="folder for per-image figures of the first support round "
                                             "(input, anomaly map, overlay, ground-truth outline)")
     return parser.parse_args(argv)
@@ -77,12 +81,40 @@ def plan(args, options):
                 skipped.append({"category": category.name, "shot": shot, "reason": too_large(category, shot)})
                 continue
             ckpt = checkpoint_for(args, category.name, shot)
-            config = resolve_checkpoint(ckpt, options)[0]
+            config, meta, _ = resolve_checkpoint(ckpt, options)
+            if category.name in meta.get("train_categories", []) and not args.allow_target_in_training:
+                raise UserError(f"checkpoint '{ckpt}' was trained on {category.name} itself (its training "
+                                f"categories: {', '.join(meta['train_categories'])}), so it is not a few-shot result; "
+                                "use a checkpoint trained without it, or --allow_target_in_training to score it "
+                                "labelled as leakage")
             jobs.append((category, shot, ckpt, config))
     if not jobs:
         pool = min(len(c.train_images) for c in categories)
         raise UserError(f"{skipped[0]['reason']}; use --shot {pool} or fewer")
     return jobs, skipped
+
+
+def default_out(args, jobs):
+    """results/runs/<data>_<obj|all>_<method>_<backbone>_<checkpoint>_k<shots>_<hash>: readable, and the hash of
+    every setting that changes the numbers (data folder, checkpoint files, model settings, rounds, seed, support
+    file) keeps two different runs from sharing a name."""
+    first_ckpt = jobs[0][2]
+    label = {"none": "untrained", "auto": "trained"}.get(str(args.checkpoint), Path(str(first_ckpt)).stem)
+    settings = [str(Path(args.data_path).resolve()), args.method, args.rounds, args.seed, args.support_set,
+                *[(str(Path(str(c)).resolve()) if str(c) != "none" else "none", k, config.describe())
+                  for _, k, c, config in jobs]]
+    digest = f"{zlib.crc32(repr(settings).encode()):08x}"[:6]
+    dataset = args.dataset or Path(args.data_path).resolve().name
+    name = (f"{dataset}_{args.obj or 'all'}_{args.method}_{jobs[0][3].backbone}_{label}_"
+            f"k{'-'.join(map(str, args.shot))}_{digest}")
+    return ROOT / "results" / "runs" / name
+
+
+def check_report_free(out, overwrite):
+    """An existing report is replaced only with --overwrite."""
+    existing = [p for p in (out.with_suffix(".json"), out.with_suffix(".md")) if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"'{existing[0]}' holds an earlier report; pass --overwrite to replace it, or another --out")
 
 
 def too_large(category, shot):
@@ -97,8 +129,8 @@ def run(args):
     device = pick_device(args.device)
     options = ModelConfig.options(args)
     jobs, skipped = plan(args, options)
-    tag = f"{args.method}_{'untrained' if args.checkpoint == 'none' else 'trained'}"
-    out = Path(args.out or ROOT / "results" / "runs" / f"{args.obj or 'all'}_{tag}_k{'-'.join(map(str, args.shot))}")
+    out = Path(args.out) if args.out else default_out(args, jobs)
+    check_report_free(out, args.overwrite)
     check_writable_dir(out.parent)
     if args.save_maps:
         check_writable_dir(args.save_maps)
@@ -110,19 +142,30 @@ def run(args):
             tests[(category.name, config.img_size)] = load_test_data(category, config.img_size)
     supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config.img_size,
                                  explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
-    report = {"command": " ".join(["python"] + sys.argv), "code_version": code_version(), "device": str(device),
+    sources = [support_source(category, shot, args.rounds, args.seed, args.dataset, args.support_set, ROOT)[1]
+               for category, shot, _, _ in jobs]
+    report = {"command": command_line(), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
-              "method": args.method, "torch": torch.__version__, "results": {},
+              "method": args.method, "torch": torch.__version__, "std_ddof": STD_DDOF, "results": {},
               "skipped": skipped}
     with all_or_nothing():  # figures and tables replace earlier ones only when the whole run succeeded
-        for (category, shot, ckpt, config), support in zip(jobs, supports):
+        for (category, shot, ckpt, config), support, source in zip(jobs, supports, sources):
             model, meta = load_model(ckpt, options, args.backbone_weights)
             model.to(device)
             report.update(config.as_dict())
-            report["protocol"] = protocol_label(meta, args.method)
+            report["protocol"] = protocol_label(meta, args.method, category.name)
+            notes = [f"checkpoint trained with K={meta['shot']}, scored with K={shot}"] \
+                if meta.get("shot") not in (None, shot) else []
+            if len(support) > 1 and all(torch.equal(s, support[0]) for s in support[1:]):
+                notes.append(f"all {len(support)} support sets are the same images (the normal pool holds only K): "
+                             "one measurement repeated, no spread")
+            if category.name in meta.get("train_categories", []):
+                notes.append(f"LEAKAGE: {category.name} was among the checkpoint's training categories")
+            for note in notes:
+                print(f"note: {note}")
             test = tests[(category.name, config.img_size)]
             print(f"== {category.name}  K={shot}  checkpoint={ckpt}  ({len(test.labels)} test images, "
-                  f"{'with' if test.masks is not None else 'no'} masks)")
+                  f"{'with' if test.masks is not None else 'no'} masks; {source})")
             started = time.time()
 
             def on_round(index, metrics, maps, scores):
@@ -132,10 +175,11 @@ def run(args):
 
             scorer = SCORERS[args.method](model, device, args.eval_batch_size)
             result = evaluate(scorer, test, support, on_round)
-            result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta)
+            result.update(seconds=time.time() - started, checkpoint=str(ckpt), meta=meta, support=source,
+                          protocol=report["protocol"], notes=notes)
             report["results"].setdefault(category.name, {})[str(shot)] = result
-            summary = "  ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items() if s)
-            print(f"  mean over {len(support)} rounds: {summary}  ({result['seconds']:.1f} s)")
+            print(f"  mean +- sample std over {len(support)} rounds: {spread_line(result['summary'])}  "
+                  f"({result['seconds']:.1f} s)")
         atomic_write_json(out.with_suffix(".json"), report)
         atomic_write_text(out.with_suffix(".md"), markdown_tables(report))
     print(markdown_tables(report))
@@ -143,7 +187,15 @@ def run(args):
     return report
 
 
-def protocol_label(meta, method):
+def spread_line(summary):
+    return "  ".join(f"{m} {s['mean']:.4f}" + (f" +- {s['std']:.4f}" if s["std"] is not None else "")
+                     for m, s in summary.items() if s)
+
+
+def protocol_label(meta, method, target):
+    if target in meta.get("train_categories", []):
+        return (f"LEAKAGE: the checkpoint was trained on {target} itself (--allow_target_in_training); "
+                "not a few-shot result")
     if method == "patchcore":
         return f"few-shot PatchCore baseline ({'untrained' if meta.get('checkpoint') == 'none' else 'trained'} network)"
     if meta.get("checkpoint") == "none":

@@ -17,16 +17,17 @@ from tqdm import tqdm
 
 from datasets.mvtec import discover_categories, get_category, load_images
 from datasets.sampler import PairSampler
-from datasets.support_set import support_sets_for
+from datasets.support_set import support_sets_for, support_source
 from models.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.regad import RegAD
 from scoring.evaluation import evaluate, load_test_data
 from scoring.scorers import GaussianScorer
-from utils.cli import Parser, add_data_args, add_device_args, check_writable_dir, pick_device, run_main
+from utils.cli import (Parser, add_data_args, add_device_args, check_writable_dir, command_line, pick_device,
+                       positive_int, run_main)
 from utils.errors import UserError
 from utils.hardware import code_version
-from utils.io import atomic_torch_save, atomic_write_json
+from utils.io import atomic_torch_save, atomic_write_json, lock_folder, release_folders
 from utils.precision import PRECISIONS, autocast
 
 ROOT = Path(__file__).resolve().parent
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--val_categories", nargs="*", default=[],
                         help=f"hold out {VAL_FRACTION:.0%} of these training categories' normal images "
                              "for a validation loss curve")
-    parser.add_argument("--max_images_per_category", type=int,
+    parser.add_argument("--max_images_per_category", type=positive_int,
                         help="use only the first N normal images of each category (quick runs, CI)")
     parser.add_argument("--select_on_test", action="store_true",
                         help="PAPER PROTOCOL, OPTIMISTIC: as the official train.py, evaluate on the target's "
@@ -138,6 +139,14 @@ def validation_loss(model, sampler, images, device, precision):
 
 
 def run(args):
+    """train(), with the run folder's lock released however it ends."""
+    try:
+        return train(args)
+    finally:
+        release_folders()
+
+
+def train(args):
     if args.shot < 1 or args.epochs < 1:
         raise UserError("--shot and --epochs must be at least 1")
     if args.epochs == 1:
@@ -154,6 +163,7 @@ def run(args):
     target, pools = split_pools(args)
     out_dir = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj).parent
     check_writable_dir(out_dir)
+    lock_folder(out_dir, command_line())  # before last.pt is looked at: one writer per run
     last_path = out_dir / "last.pt"
     if args.resume and not last_path.is_file():
         raise UserError(f"nothing to resume: '{last_path}' does not exist; drop --resume to start training")
@@ -197,7 +207,7 @@ def run(args):
     def run_meta(epoch):
         return {"shot": args.shot, "obj": args.obj, "epoch": epoch, "epochs": args.epochs,
                 "train_categories": list(pools), "seed": args.seed, "precision": args.precision,
-                "code_version": code_version(), "history": history, "command": " ".join(["python"] + sys.argv),
+                "code_version": code_version(), "history": history, "command": command_line(),
                 "selected_on_test": False, **(selection.state() if selection else {})}
 
     for epoch in range(first_epoch, stop + 1):
@@ -270,6 +280,8 @@ class SelectOnTest:
         self.test = load_test_data(target, args.img_size)
         self.supports = support_sets_for(target, args.shot, args.rounds, args.seed, args.dataset,
                                          args.img_size, root=ROOT)
+        self.source = support_source(target, args.shot, args.rounds, args.seed, args.dataset, root=ROOT)[1]
+        print(f"test-set evaluations on {self.source}")
         self.path = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj,
                                     selected_on_test=True)
 
@@ -277,7 +289,7 @@ class SelectOnTest:
         self.best, self.curve = meta.get("best_on_test"), list(meta.get("test_curve", []))
 
     def state(self):
-        return {"best_on_test": self.best, "test_curve": self.curve}
+        return {"best_on_test": self.best, "test_curve": self.curve, "test_support": self.source}
 
     def evaluate(self, model, meta):
         started = time.time()

@@ -228,8 +228,10 @@ def hours(seconds):
 
 
 def measure(args):
+    busy = [os.getloadavg()[0]]  # other jobs on the cores slow every figure: say how busy they were
     load = measure_load(args.data_path, args.img_size)
     epoch = measure_epoch(args)
+    busy.append(os.getloadavg()[0])
     costs = run_costs(load["s_per_image"])
     test_images = len(list_test_set(discover_categories(args.data_path)[args.target]))
     cpu = run_costs(load["s_per_image"], {
@@ -238,7 +240,8 @@ def measure(args):
     lines = [f"# Full-scale rehearsal on SYNTHETIC MVTec-AD-shaped data (CPU: {cpu_model()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
              f"Data `{args.data_path}` (bench/full_scale.py make: real photographs upsampled to MVTec AD's counts "
-             "and resolutions; its AUROCs mean nothing).", "",
+             "and resolutions; its AUROCs mean nothing). Load average (1 min) at the start and the end: "
+             f"{busy[0]:.1f}, {busy[1]:.1f} on {os.cpu_count()} cores.", "",
              f"- **Load:** {load['images']} training images decoded and resized to {args.img_size} px in "
              f"{load['seconds']:.1f} s ({1000 * load['s_per_image']:.1f} ms per image, one core); the decoded "
              f"tensor is {load['tensor_gib']:.2f} GiB; peak RSS {load['peak_gib']:.2f} GiB (before: "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from utils.errors import UserError
 
@@ -72,6 +72,8 @@ def folders_without_training_images(data_path):
 def discover_categories(data_path):
     """All categories under data_path, by name."""
     data_path = Path(data_path)
+    if data_path.is_file():
+        raise UserError(f"data path '{data_path}' is a file, not a folder; pass --data_path pointing to {LAYOUT}")
     if not data_path.is_dir():
         raise UserError(f"data folder '{data_path}' does not exist; pass --data_path pointing to {LAYOUT}")
     found = (read_category(p) for p in sorted(data_path.iterdir()) if p.is_dir())
@@ -138,11 +140,18 @@ def to_8bit(img, path):
     return img
 
 
+def upright(img):
+    """The image as a viewer shows it: an EXIF orientation (phone and camera photos) applied, as PIL's
+    exif_transpose, so a photo taken sideways is not scored sideways."""
+    return ImageOps.exif_transpose(img)
+
+
 def load_image(path, size):
-    """uint8 [3, size, size]; greyscale, palette, RGBA and 16-bit images become 8-bit RGB. Lanczos as the
-    official code."""
-    array = decode(path, lambda img: np.asarray(to_8bit(img, path).convert("RGB").resize((size, size),
-                                                                                       Image.LANCZOS)))
+    """uint8 [3, size, size]; greyscale, palette, RGBA and 16-bit images become 8-bit RGB; upright (EXIF). A
+    non-square image is stretched to the square, not cropped (as the official code). Lanczos as the official
+    code."""
+    array = decode(path, lambda img: np.asarray(to_8bit(upright(img), path).convert("RGB").resize(
+        (size, size), Image.LANCZOS)))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -151,12 +160,16 @@ def mask_values(img):
     return np.asarray(img if len(img.getbands()) == 1 and img.mode != "P" else img.convert("L"))
 
 
+ORIENTATION, TURNED = 0x0112, (5, 6, 7, 8)  # the EXIF tag, and its values that swap width and height
+
+
 def load_mask(item, size):
     """bool [size, size] mask of a TestItem: nonzero = defect, so 0/1 and 0/255 masks both work. A mask with
     several nonzero values (JPEG-compressed, anti-aliased) or of another size than its image would give wrong
     pixel metrics, so it is refused. The image's size is read from its header, without decoding it."""
-    image_size = decode(item.path, lambda img: img.size)
-    mask_size, values = decode(item.mask_path, lambda img: (img.size, mask_values(img)))
+    image_size = decode(item.path, lambda img: img.size[::-1] if img.getexif().get(ORIENTATION, 1) in TURNED
+                        else img.size)
+    mask_size, values = decode(item.mask_path, lambda img: (upright(img).size, mask_values(upright(img))))
     if mask_size != image_size:
         raise UserError(f"mask '{item.mask_path}' is {mask_size[0]}x{mask_size[1]} but its image '{item.path}' is "
                         f"{image_size[0]}x{image_size[1]}; a mask must have its image's size")

@@ -74,21 +74,43 @@ def load_support_sets(path, category, img_size, shot=None):
     return rounds
 
 
-def support_sets_for(category, shot, rounds, seed, dataset, img_size, explicit=None, root=REPO_ROOT):
-    """The support sets a run is scored on: the explicit file if given; else the committed JSON for
-    (dataset, category, K, rounds) when it was made with this seed; else the same sets generated from seed."""
+def official_support_path(root, category, shot, rounds):
+    """Where the official test.py reads its fixed sets: support_set/<category>/<K>_<rounds>.pt in the checkout,
+    where its README unpacks the released support files."""
+    return Path(root) / "support_set" / category / f"{shot}_{rounds}.pt"
+
+
+def support_source(category, shot, rounds, seed, dataset, explicit=None, root=REPO_ROOT):
+    """(path or None, description) of the sets a run is scored on, first found of: the explicit file; the official
+    <K>_<rounds>.pt (so the numbers stay comparable with the paper's); our committed JSON for (dataset, category,
+    K, rounds) when made with this seed; else None: the same sets generated from seed."""
     if explicit:
-        sets = load_support_sets(explicit, category, img_size, shot=shot)
-        if len(sets) != rounds:
-            raise UserError(f"'{explicit}' holds {len(sets)} support sets but --rounds is {rounds}; "
-                            f"pass --rounds {len(sets)}")
-        return sets
+        return Path(explicit), f"support file {explicit}"
+    official = official_support_path(root, category.name, shot, rounds)
+    if official.is_file():
+        return official, f"official support file {relative(official, root)}"
     dataset = dataset or category.root.resolve().parent.name
     path = default_support_path(root, dataset, category.name, shot, rounds)
     if path.is_file() and stored_seed(path) in (seed, None):  # None: unreadable, let the loader say why
-        return load_support_sets(path, category, img_size, shot=shot)
-    sets = generate_support_sets([p.name for p in category.train_images], shot, rounds, seed, category.name)
-    return decode_sets(sets, category, img_size)
+        return path, f"support file {relative(path, root)}"
+    return None, f"support sets generated from seed {seed}"
+
+
+def relative(path, root):
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+def support_sets_for(category, shot, rounds, seed, dataset, img_size, explicit=None, root=REPO_ROOT):
+    """The support sets a run is scored on (support_source says which)."""
+    path, _ = support_source(category, shot, rounds, seed, dataset, explicit, root)
+    if path is None:
+        sets = generate_support_sets([p.name for p in category.train_images], shot, rounds, seed, category.name)
+        return decode_sets(sets, category, img_size)
+    sets = load_support_sets(path, category, img_size, shot=shot)
+    if len(sets) != rounds:
+        raise UserError(f"'{path}' holds {len(sets)} support sets but --rounds is {rounds}; "
+                        f"pass --rounds {len(sets)}")
+    return sets
 
 
 def stored_seed(path):

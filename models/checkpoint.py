@@ -124,10 +124,11 @@ def load_model(checkpoint, options, backbone_weights=None):
 def checkpoint_path(save_dir, backbone, stn_mode, shot, obj, selected_on_test=False):
     """<save_dir>/<backbone>/ then the official layout <stn_mode>/<shot>/<obj>/<obj>_<shot>_<stn_mode>_model.pt, so
     runs of two backbones never share a file; a test-selected model gets its own name so it never replaces the
-    honest last-epoch one. A folder of the earlier layout (without the backbone) must be moved first."""
+    honest last-epoch one. A folder of our earlier layout (without the backbone, with a train_log.json) must be moved
+    first; the official code's own files (official_layout_path) may stay where its README puts them."""
     folder = Path(save_dir) / backbone / stn_mode / str(shot) / obj
     legacy = Path(save_dir) / stn_mode / str(shot) / obj
-    if legacy.is_dir() and not folder.is_dir():
+    if (legacy / "train_log.json").is_file() and not folder.is_dir():  # ours; the official files have no log
         raise UserError(f"'{legacy}' has the old layout without a backbone folder; move it to "
                         f"'{Path(save_dir) / '<its backbone>' / stn_mode / str(shot) / obj}' (its backbone is in "
                         "its train_log.json)")
@@ -135,14 +136,24 @@ def checkpoint_path(save_dir, backbone, stn_mode, shot, obj, selected_on_test=Fa
     return folder / f"{obj}_{shot}_{stn_mode}_model{suffix}.pt"
 
 
+def official_layout_path(save_dir, stn_mode, shot, obj):
+    """Where the official code, and its released save_checkpoints.tar unpacked into the checkout, keep a model:
+    <save_dir>/<stn_mode>/<K>/<obj>/<obj>_<K>_<stn_mode>_model.pt, without a backbone folder (all ResNet-18)."""
+    return Path(save_dir) / stn_mode / str(shot) / obj / f"{obj}_{shot}_{stn_mode}_model.pt"
+
+
 def find_checkpoint(save_dir, backbone, stn_mode, shot, obj):
-    """train.py's checkpoint of (obj, K): of the given backbone, else of the only backbone trained for it."""
+    """train.py's checkpoint of (obj, K): of the given backbone, else of the only backbone trained for it; when
+    train.py wrote none, an official checkpoint in the official layout (its backbone comes from its shapes)."""
     stn_mode = stn_mode or ModelConfig.stn_mode
     paths = {b: checkpoint_path(save_dir, b, stn_mode, shot, obj) for b in ([backbone] if backbone else BACKBONES)}
     found = [b for b, path in paths.items() if path.is_file()]
     if len(found) > 1:
         raise UserError(f"{obj} K={shot} has checkpoints of several backbones in '{save_dir}' ({', '.join(found)}); "
                         "pass --backbone")
+    official = official_layout_path(save_dir, stn_mode, shot, obj)
+    if not found and official.is_file():
+        return official
     if not found:
         expected = paths[backbone or ModelConfig.backbone]
         raise UserError(f"checkpoint '{expected}' does not exist; train it with train.py --obj {obj} --shot {shot}"

@@ -52,12 +52,17 @@ def round_metrics(maps, scores, labels, pixel_labels):
     return result
 
 
+STD_DDOF = 1  # the sample standard deviation, the one readers assume (reports before it used ddof=0)
+
+
 def summarise(rounds):
-    """Mean and std (over rounds, ddof=0) per metric; None where the metric does not exist."""
+    """Mean and sample std (over rounds, ddof=STD_DDOF) per metric; the std is None for a single round, the
+    summary None where the metric does not exist."""
     summary = {}
     for metric in METRICS:
         values = [r[metric] for r in rounds if r[metric] is not None]
-        summary[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else None
+        std = float(np.std(values, ddof=STD_DDOF)) if len(values) > STD_DDOF else None
+        summary[metric] = {"mean": float(np.mean(values)), "std": std} if values else None
     return summary
 
 

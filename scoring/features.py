@@ -28,6 +28,10 @@ class StageMaps(NamedTuple):
         """The images of several StageMaps (e.g. batches), in order."""
         return cls([torch.cat(stage) for stage in zip(*(p.stages for p in parts))])
 
+    def take(self, index):
+        """The images at index (a 1-D index tensor or list), in that order."""
+        return StageMaps([stage[index] for stage in self.stages])
+
     def __len__(self):
         return self.stages[0].shape[0]
 

@@ -117,7 +117,11 @@ def test_checkpoint_path_has_the_backbone_and_auto_finds_the_only_one(tmp_path):
 
 
 def test_the_earlier_layout_without_a_backbone_folder_must_be_moved(tmp_path):
+    """Our earlier layout (a train_log.json beside the model) must move; the official code's files (no log) stay."""
     (tmp_path / "rotation_scale" / "2" / "bottle").mkdir(parents=True)
+    assert checkpoint_path(tmp_path, "resnet18", "rotation_scale", 2, "bottle").parent.parent.parent.parent.name == \
+        "resnet18"
+    (tmp_path / "rotation_scale" / "2" / "bottle" / "train_log.json").write_text("{}")
     with pytest.raises(UserError, match=f"'{tmp_path}/rotation_scale/2/bottle' has the old layout without a "
                                         f"backbone folder; move it to '{tmp_path}/<its backbone>/rotation_scale"):
         checkpoint_path(tmp_path, "resnet18", "rotation_scale", 2, "bottle")

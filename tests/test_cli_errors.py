@@ -42,6 +42,8 @@ def test_train_missing_data_folder(tmp_path, out):
                                                    ("--stn_mode", "spin", "invalid choice"),
                                                    ("--shot", "0", "at least 1"),
                                                    ("--batch_size", "0", "must be at least 1"),
+                                                   ("--max_images_per_category", "-1", "must be at least 1"),
+                                                   ("--max_images_per_category", "0", "must be at least 1"),
                                                    ("--precision", "tf32", "needs a CUDA device")])
 def test_train_bad_options(data_root, out, option, value, fragment):
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, *LITE, option, value)
@@ -94,7 +96,7 @@ def test_test_incompatible_or_corrupt_checkpoint(data_root, out, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(256))
     result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", garbage, "--out", out / "r")
-    assert_one_line_error(result, "cannot be read")
+    assert_one_line_error(result, "is not a PyTorch file")
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"model": {}}, wrong)
@@ -150,7 +152,8 @@ def test_test_mask_of_another_size_fails_before_any_compute(leather_data, tmp_pa
     mask = sorted((leather_data / "leather" / "ground_truth" / "cut").iterdir())[0]
     Image.open(mask).resize((200, 224)).save(mask)
     report = earlier(tmp_path / "r.json")
-    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r")
+    result = run("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out", tmp_path / "r",
+                 "--overwrite")
     assert_one_line_error(result, f"mask '{mask}' is 200x224 but its image", "is 224x224")
     assert "round 0" not in result.stdout and report.read_bytes() == b"an earlier run's file"
     assert not (tmp_path / "r.md").exists() and temp_files(tmp_path) == []
@@ -167,7 +170,7 @@ def test_test_full_disk_while_saving_maps_keeps_every_earlier_file(leather_data,
     report, figure = earlier(tmp_path / "r.json"), earlier(tmp_path / "maps" / "leather" / "k2" / "cut_000.png")
     full_disk(monkeypatch, after=3)
     result = run_here("test.py", "--obj", "leather", "--data_path", leather_data, *QUICK_TEST, "--out",
-                      tmp_path / "r", "--save_maps", tmp_path / "maps")
+                      tmp_path / "r", "--save_maps", tmp_path / "maps", "--overwrite")
     assert_one_line_error(result, "disk full while writing", "earlier files are intact")
     assert report.read_bytes() == figure.read_bytes() == b"an earlier run's file"
     assert files_under(tmp_path / "maps") == [figure] and temp_files(tmp_path) == []
@@ -210,7 +213,7 @@ def test_predict_save_model_into_a_read_only_folder_fails_before_fitting(tmp_pat
 
 
 def test_predict_full_disk_keeps_the_earlier_results(tmp_path, out, data_root, monkeypatch):
-    images = sorted((data_root / "bottle" / "train" / "good").iterdir())[:3]
+    images = sorted((data_root / "bottle" / "train" / "good").iterdir())[:4]  # 4: no few-supports warning
     scores = earlier(out / "scores.csv")
     full_disk(monkeypatch, after=2)
     result = run_here("predict.py", "--support", *images, "--images", *images, *LITE, "--img_size", "64",
@@ -234,7 +237,7 @@ def test_train_corrupt_backbone_weights(data_root, out, tmp_path):
     weights.write_bytes(os.urandom(512))
     result = run("train.py", "--obj", "bottle", "--data_path", data_root, "--save_dir", out, "--backbone", "resnet18",
                  "--backbone_weights", weights, "--img_size", "64", "--max_images_per_category", "4")
-    assert_one_line_error(result, f"--backbone_weights '{weights}' cannot be read", "resnet18-f37072fd.pth")
+    assert_one_line_error(result, f"--backbone_weights '{weights}' is not a PyTorch file", "resnet18-f37072fd.pth")
     assert files_under(out) == []
 
 
@@ -289,3 +292,109 @@ def test_test_eval_batch_size_must_be_positive(data_root, out):
                  "--eval_batch_size", "0", "--out", out / "r")
     assert_one_line_error(result, "--eval_batch_size", "at least 1")
     assert files_under(out) == []
+
+
+# ---- issue 23: nothing silently wrong, nothing lost ----
+
+def leaky_checkpoint(path, shot=4):
+    """A checkpoint whose meta lists leather (the target below) among its training categories, trained with K=4."""
+    save_checkpoint(path, RegAD(ModelConfig("efficientnet_lite0", img_size=64)),
+                    {"shot": shot, "train_categories": ["bottle", "leather"], "epoch": 1})
+    return path
+
+
+def test_test_refuses_a_checkpoint_trained_on_the_target_unless_allowed_and_labelled(data_root, tmp_path, out):
+    ckpt = leaky_checkpoint(tmp_path / "leaky.pt")
+    result = run("test.py", "--obj", "leather", "--data_path", data_root, "--checkpoint", ckpt, "--rounds", "1",
+                 "--out", out / "r")
+    assert_one_line_error(result, "was trained on leather itself", "--allow_target_in_training")
+    assert not out.exists()
+    result = run("test.py", "--obj", "leather", "--data_path", data_root, "--checkpoint", ckpt, "--rounds", "1",
+                 "--out", out / "r", "--allow_target_in_training")
+    assert result.returncode == 0, result.stderr
+    report, table = json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+    assert report["protocol"].startswith("LEAKAGE") and "honest" not in report["protocol"]
+    assert report["protocol"] in table and "LEAKAGE" in result.stdout
+    assert "note: checkpoint trained with K=4, scored with K=2" in result.stdout
+    assert "checkpoint trained with K=4, scored with K=2" in table
+
+
+def test_test_never_replaces_a_report_without_overwrite_and_records_a_pastable_command(data_root, tmp_path):
+    out = tmp_path / "with space" / "r"
+    quick = ["--obj", "leather", "--data_path", data_root, "--checkpoint", "none", "--rounds", "1", "--img_size",
+             "64", *LITE, "--out", out]
+    assert run("test.py", *quick).returncode == 0
+    first = out.with_suffix(".json").read_bytes()
+    assert shlex.split(json.loads(first)["command"])[-1] == str(out)  # quoted: pasting it runs the same command
+    result = run("test.py", *quick)
+    assert_one_line_error(result, "holds an earlier report", "--overwrite")
+    assert out.with_suffix(".json").read_bytes() == first
+    assert run("test.py", *quick, "--overwrite").returncode == 0
+
+
+def test_test_default_report_names_differ_across_backbone_data_checkpoint_and_k(data_root, tmp_path):
+    import importlib.util
+
+    from datasets.mvtec import get_category
+    spec = importlib.util.spec_from_file_location("entry_test", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy_category(data_root, "leather", tmp_path / "other")
+
+    def name(data=data_root, ckpt="none", backbone="resnet18", shot=2):
+        args = module.parse_args(["--obj", "leather", "--data_path", str(data), "--checkpoint", str(ckpt),
+                                  "--shot", str(shot)])
+        return module.default_out(args, [(get_category(data, "leather"), shot, ckpt, ModelConfig(backbone))]).name
+    names = [name(), name(backbone="efficientnet_lite0"), name(data=tmp_path / "other"), name(ckpt=tmp_path / "a.pt"),
+             name(ckpt=tmp_path / "b" / "a.pt"), name(shot=4)]
+    assert len(set(names)) == len(names), names
+    assert names[0].startswith("mvtec-mini_leather_regad_resnet18_untrained_k2_")
+    assert names[1].startswith("mvtec-mini_leather_regad_efficientnet_lite0_untrained_k2_")
+
+
+def test_failed_runs_leave_no_empty_output_folder(data_root, tmp_path):
+    result = run("test.py", "--obj", "leather", "--shot", "1000", "--data_path", data_root, "--checkpoint", "none",
+                 *LITE, "--out", tmp_path / "new" / "r", "--save_maps", tmp_path / "maps")
+    assert_one_line_error(result, "K=1000")
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--backbone", "resnet18", "--save_dir",
+                 tmp_path / "ckpts", env={"TORCH_HOME": str(tmp_path / "torch_home")})
+    assert_one_line_error(result, "resnet18-f37072fd.pth")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "torch_home") == []  # no new, maps, ckpts
+
+
+def test_a_second_run_into_the_same_run_folder_is_refused_and_a_killed_one_leaves_no_lock(data_root, out):
+    save_dir = out / "runs here"  # a space: the recorded command must still paste as one argument
+    folder = save_dir / "efficientnet_lite0" / "rotation_scale" / "2" / "leather"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.io import lock_folder; "
+                               f"lock_folder({str(folder)!r}, 'python train.py --obj leather (the first run)'); "
+                               "print('locked', flush=True); time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs",
+                     "1", *TINY)
+        assert_one_line_error(result, f"'{folder}' is being written by another run (pid {holder.pid}: python "
+                                      "train.py --obj leather (the first run))")
+    finally:
+        holder.kill()  # as kill -9: no clean-up code runs
+        holder.wait()
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs", "1",
+                 *TINY)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "leather_2_rotation_scale_model.pt",
+                                                        "train_log.json"]  # the lock file is gone too
+    command = shlex.split(json.loads((folder / "train_log.json").read_text())["command"])
+    assert command[command.index("--save_dir") + 1] == str(save_dir)
+
+
+def test_messages_name_what_is_wrong(data_root, tmp_path, out):
+    """A data path that is a file is not 'missing'; a text file named .pt is not 'unreadable (KeyError)'."""
+    text = tmp_path / "notes.txt"
+    text.write_text("a text file")
+    result = run("test.py", "--obj", "bottle", "--data_path", text, "--checkpoint", "none", "--out", out / "r")
+    assert_one_line_error(result, f"data path '{text}' is a file, not a folder")
+    fake = tmp_path / "model.pt"
+    fake.write_text("model weights will go here\n")
+    result = run("test.py", "--obj", "bottle", "--data_path", data_root, "--checkpoint", fake, "--out", out / "r")
+    assert_one_line_error(result, f"checkpoint '{fake}' is not a PyTorch file", "b'mode'")
+    assert not out.exists()

@@ -432,3 +432,23 @@ def test_atomic_write_creates_folders_and_leaves_no_temp_file(tmp_path):
     atomic_write_text(path, "one")
     atomic_write_text(path, "two")
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["out.json"]
+
+
+def test_an_exif_orientation_is_applied_and_a_non_square_image_is_stretched(tmp_path):
+    """A sideways photo (EXIF orientation 6: turn 90 degrees clockwise to view) loads as the viewer shows it,
+    like the same picture stored upright; a 60 x 40 image is stretched to the square, not cropped."""
+    from datasets.mvtec import load_image
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:10, :20] = (255, 0, 0)  # a red block top-left, to see the orientation
+    pixels[:, 30:] = (0, 0, 255)
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    stored.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    sideways = load_image(tmp_path / "sideways.png", 32)
+    assert torch.equal(sideways, load_image(tmp_path / "upright.png", 32))
+    stored.save(tmp_path / "plain.png")
+    squeezed = np.asarray(stored.resize((32, 32), Image.LANCZOS))  # the whole image, no crop
+    assert torch.equal(load_image(tmp_path / "plain.png", 32), torch.from_numpy(squeezed.copy()).permute(2, 0, 1))
+    assert not torch.equal(sideways, load_image(tmp_path / "plain.png", 32))

@@ -92,7 +92,7 @@ def test_select_on_test_is_kept_apart_and_labelled(data_root, tmp_path):
     official train.py, it evaluates before each epoch's training: epochs 0 (untrained) .. E-1, never E."""
     log = run_ok("train.py", "--obj", "bottle", "--data_path", data_root, "--epochs", "2", "--save_dir", tmp_path,
                  "--select_on_test", "--rounds", "1", *TINY).stdout
-    assert "WARNING" in log
+    assert "WARNING" in log and "test-set evaluations on support sets generated from seed 668" in log
     folder = tmp_path / "efficientnet_lite0" / "rotation_scale" / "2" / "bottle"
     selected = torch.load(folder / "bottle_2_rotation_scale_model_selected_on_test.pt", weights_only=True)
     honest = torch.load(folder / "bottle_2_rotation_scale_model.pt", weights_only=True)

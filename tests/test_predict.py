@@ -1,6 +1,8 @@
 """predict.py and test.py --save_maps end to end on real bottle images (CPU, efficientnet_lite0 at 96 px so
 the module stays well under a minute). Each CLI call runs once, in a module-scoped fixture."""
 import csv
+import html
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from conftest import run_ok
+from conftest import assert_one_line_error, run_cli, run_ok
 from datasets.mvtec import load_image
 from models.config import ModelConfig
 from models.regad import RegAD
@@ -113,11 +115,12 @@ def test_predict_scores_every_readable_image_and_names_the_corrupt_one(fitted, i
     assert fitted["result"].returncode == 0
     assert "broken.png" in fitted["result"].stderr
     fields, rows = read_scores(fitted["out"])
-    assert fields == ["file", "score", "decision"]
+    assert fields == ["file", "score", "decision", "threshold"]
     expected = sorted(str(p) for p in images.iterdir() if p.name != "broken.png")
     assert len(rows) == 8 and sorted(r["file"] for r in rows) == expected
     threshold = saved_info(fitted["model"])["threshold"]
     for row in rows:
+        assert float(row["threshold"]) == pytest.approx(threshold, abs=1e-9), row
         assert np.isfinite(float(row["score"])) and float(row["score"]) > 0, row
         assert row["decision"] == ("anomalous" if float(row["score"]) > threshold else "normal"), row
 
@@ -166,9 +169,10 @@ def test_saved_model_reproduces_scores_and_threshold(fitted, reloaded):
 
 
 def independent_leave_one_out_scores(paths):
-    """Each support image's score under the Gaussians of the others, the official way and written out here:
-    the restored maps of the 22 augmentations, coarser stages repeated to the finest grid (embedding_concat),
-    covariance + 0.01 I inverted per position, the Mahalanobis map upsampled and blurred with scipy, its max."""
+    """[K, 22]: the scores of each support image's 22 augmentations under the Gaussians of the others' 22
+    augmentations, the official way and written out here: restored maps, coarser stages repeated to the finest
+    grid (embedding_concat), covariance + 0.01 I inverted per position, the Mahalanobis map upsampled and blurred
+    with scipy, its max."""
     model = RegAD(FAST_CONFIG)
     model.load_backbone_weights()
     model.eval()
@@ -182,21 +186,26 @@ def independent_leave_one_out_scores(paths):
     with torch.no_grad():
         for i in range(len(images)):
             others = torch.cat([images[:i], images[i + 1:]])
-            distances = naive_distances(embed(augment_support(others)), embed(images[i:i + 1]))
+            distances = naive_distances(embed(augment_support(others)), embed(augment_support(images[i:i + 1])))
             upsampled = F.interpolate(distances[:, None], size=FAST_CONFIG.img_size, mode="bilinear",
-                                      align_corners=False)[0, 0]
-            scores.append(gaussian_filter(upsampled.numpy(), sigma=4).max())
-    return scores
+                                      align_corners=False)[:, 0]
+            scores.append([gaussian_filter(m.numpy(), sigma=4).max() for m in upsampled])
+    return np.array(scores)
 
 
 def test_threshold_comes_from_the_support_images_only(fitted, refitted, support):
-    """The leave-one-out scores equal an independent computation, the threshold is their (1 - FPR) quantile,
-    and scoring other images with the same support gives exactly the same threshold."""
+    """The leave-one-out scores (22 per support image, not K numbers) equal an independent computation, the
+    threshold is their (1 - FPR) quantile, and scoring other images with the same support gives exactly the same
+    threshold."""
     info, other = saved_info(fitted["model"]), saved_info(refitted["model"])
     assert info["support"] == [str(p) for p in support]
     expected = independent_leave_one_out_scores(support)
+    assert np.shape(info["loo_scores"]) == (4, 22)
     np.testing.assert_allclose(info["loo_scores"], expected, rtol=1e-4)
     assert info["threshold"] == pytest.approx(float(np.quantile(expected, 1 - 0.05)), rel=1e-4)
+    assert info["threshold"] < expected.max()  # not simply the largest score, as the quantile of 4 numbers was
+    low, high = info["interval"]
+    assert low <= info["threshold"] <= high and (info["n_images"], info["n_scores"]) == (4, 88)
     assert info["fpr"] == 0.05  # predict.py's default
     assert other["threshold"] == pytest.approx(info["threshold"], rel=1e-6)
     assert printed_threshold(refitted["result"].stdout) == printed_threshold(fitted["result"].stdout)
@@ -216,3 +225,72 @@ def test_save_maps_writes_one_valid_figure_per_test_image(saved_maps, data_root)
     assert len(written) == 83 and written == expected
     for name in written:
         assert_valid_png(saved_maps / name)
+
+
+# ---- issue 23: the threshold is recorded, warned about and re-derivable; one run's outputs only ----
+
+def test_every_output_records_the_threshold_and_how_it_was_set(fitted):
+    recorded = json.loads((fitted["out"] / "threshold.json").read_text())
+    info = saved_info(fitted["model"])
+    assert recorded["threshold"] == info["threshold"] and recorded["interval"] == info["interval"]
+    assert recorded["method"].startswith("0.95 quantile of 88 leave-one-out scores (4 support images x 22")
+    assert recorded["command"].startswith("python ") and recorded["warnings"] == []
+    page = (fitted["out"] / "index.html").read_text()
+    assert f"Threshold {info['threshold']:.3f}: 0.95 quantile of 88" in page
+    assert f"threshold {info['threshold']:.3f}: 0.95 quantile" in fitted["result"].stdout
+
+
+def test_with_few_supports_predict_warns_and_records_it(support, images, tmp_path):
+    result = run_ok("predict.py", "--support", *support[:3], "--images", images / "good_000.jpg", "--out",
+                    tmp_path / "out", *FAST)
+    assert "warning: the threshold rests on 3 support images (fewer than 4)" in result.stderr
+    recorded = json.loads((tmp_path / "out" / "threshold.json").read_text())
+    assert recorded["n_images"] == 3 and recorded["warnings"][0].startswith("warning: the threshold rests on 3")
+    assert "scored 1 image (" in result.stdout
+    assert recorded["warnings"][0] in html.unescape((tmp_path / "out" / "index.html").read_text())
+
+
+def test_a_saved_fit_takes_fpr_and_refuses_options_it_cannot_apply(fitted, images, tmp_path):
+    info = saved_info(fitted["model"])
+    result = run_ok("predict.py", "--model", fitted["model"], "--images", images / "good_000.jpg", "--fpr", "0.2",
+                    "--out", tmp_path / "out", "--device", "cpu")
+    recorded = json.loads((tmp_path / "out" / "threshold.json").read_text())
+    assert recorded["fpr"] == 0.2
+    assert recorded["threshold"] == pytest.approx(float(np.quantile(info["loo_scores"], 0.8)), rel=1e-9)
+    assert recorded["threshold"] < info["threshold"]
+    for option in (["--backbone", "resnet18"], ["--img_size", "128"], ["--checkpoint", "x.pt"],
+                   ["--backbone_weights", "w.pth"], ["--stn_mode", "affine"]):
+        result = run_cli("predict.py", "--model", fitted["model"], "--images", images, "--out", tmp_path / "o2",
+                         *option)
+        assert_one_line_error(result, f"{option[0]} cannot apply to a saved fit")
+    result = run_cli("predict.py", "--model", fitted["model"], "--images", images, "--out", tmp_path / "o2",
+                     "--fpr", "0.1", "--threshold", "3")
+    assert_one_line_error(result, "pass one")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_a_second_run_into_the_same_out_leaves_only_its_own_outputs(fitted, images, tmp_path):
+    out = tmp_path / "out"
+    run_ok("predict.py", "--model", fitted["model"], "--images", images, "--out", out, "--device", "cpu")
+    assert len(list((out / "figures").iterdir())) == 8
+    run_ok("predict.py", "--model", fitted["model"], "--images", images / "good_000.jpg", "--out", out,
+           "--device", "cpu")
+    assert [p.name for p in (out / "figures").iterdir()] == ["0000_good_000.png"]
+    assert len(read_scores(out)[1]) == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    result = run_cli("predict.py", "--model", fitted["model"], "--images", images, "--out", tmp_path / "mine")
+    assert_one_line_error(result, "holds other files (notes.txt")
+
+
+def test_images_in_sub_folders_need_recursive_and_it_is_named(fitted, images, tmp_path):
+    nested = tmp_path / "lots" / "line1"
+    nested.mkdir(parents=True)
+    shutil.copy(images / "good_000.jpg", nested / "a.jpg")
+    result = run_cli("predict.py", "--model", fitted["model"], "--images", tmp_path / "lots", "--out",
+                     tmp_path / "out")
+    assert_one_line_error(result, "no image file found in --images", "pass --recursive")
+    assert not (tmp_path / "out").exists()  # a failed run leaves no empty folder
+    run_ok("predict.py", "--model", fitted["model"], "--images", tmp_path / "lots", "--recursive", "--out",
+           tmp_path / "out", "--device", "cpu")
+    assert [Path(r["file"]).name for r in read_scores(tmp_path / "out")[1]] == ["a.jpg"]

@@ -2,6 +2,7 @@
 one 'error: ...' line and exit code 2, like argparse's own errors; real bugs still raise with a traceback."""
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,8 +31,14 @@ def run_main(main, on_interrupt=None):
         sys.exit(130)
 
 
+def command_line():
+    """This process's command, shell-quoted (paths with spaces paste back as one argument), for reports."""
+    return shlex.join(["python", *sys.argv])
+
+
 def add_data_args(parser):
-    parser.add_argument("--data_path", required=True, help="MVTec-layout folder (CAT/train/good, CAT/test/...)")
+    parser.add_argument("--data_path", default="MVTec", help="MVTec-layout folder (CAT/train/good, CAT/test/...); "
+                                                             "default MVTec, as the official code's ./MVTec/")
     parser.add_argument("--dataset", help="name for support_set/<dataset>/ (default: the data folder's name)")
 
 
@@ -68,13 +75,19 @@ def pick_device(name):
 
 
 def check_writable_dir(folder):
-    """Fail before any compute if outputs cannot be written (creates the folder)."""
+    """Fail before any compute if outputs cannot be written. Leaves nothing behind (a failed run must not leave
+    empty folders): missing folders are created to prove it can be done, then removed; atomic writes create
+    them again when there is something to write."""
     folder = Path(folder)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder '{folder}' ({exc.strerror}); choose a writable location")
-    if not os.access(folder, os.W_OK):
+    writable = os.access(folder, os.W_OK)
+    for created in missing:  # deepest first
+        created.rmdir()
+    if not writable:
         raise UserError(f"output folder '{folder}' is not writable; choose a writable location")
 
 

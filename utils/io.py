@@ -7,6 +7,7 @@ that pid is no longer alive. Inside `all_or_nothing()` the renames wait until th
 a run that fails halfway leaves its earlier outputs as they were instead of a mix of old and new files.
 """
 import errno
+import fcntl
 import glob
 import io
 import json
@@ -108,7 +109,12 @@ def read_torch_file(path, what, missing, unreadable):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{what} '{path}' cannot be read ({type(exc).__name__}); {unreadable}")
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip (or, before 1.6, a pickle)
+            raise UserError(f"{what} '{path}' is not a PyTorch file (torch.save writes a zip archive; this one starts "
+                            f"with {head!r}); {unreadable}")
+        raise UserError(f"{what} '{path}' is damaged or holds more than tensors ({type(exc).__name__}); {unreadable}")
 
 
 def atomic_write_text(path, text):
@@ -124,3 +130,47 @@ def atomic_torch_save(obj, path):
 
 def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+LOCK_NAME = ".run.lock"
+_locks = []  # (open lock file, folder, folders created for it) held by this process
+
+
+def lock_folder(folder, holder):
+    """Lock folder until release_folders(), so two runs never write into one folder at once; holder (e.g. the
+    command) is what a second run is told. An flock: the kernel releases it when the process ends, also when it
+    is killed, so a lock is never left stuck."""
+    folder = Path(folder)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"'{folder}' is being written by another run ({other}); wait for it to end or use "
+                            "another folder") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed this file while we waited for it: lock the new one
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}: {holder}\n")
+    handle.flush()
+    _locks.append((handle, folder, created))
+
+
+def release_folders():
+    """Unlock every folder this process locked and remove its lock file; a folder left empty (a run that failed
+    before writing) is removed with the folders created for it, so a failed run leaves no empty folder."""
+    while _locks:
+        handle, folder, created = _locks.pop()
+        (folder / LOCK_NAME).unlink()  # before the unlock, so a waiting run sees it gone and locks a new file
+        handle.close()  # closing releases the flock
+        if not any(folder.iterdir()):
+            for empty in created:  # deepest first
+                empty.rmdir()

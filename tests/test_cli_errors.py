@@ -372,14 +372,14 @@ def test_a_second_run_into_the_same_run_folder_is_refused_and_a_killed_one_leave
     try:
         assert holder.stdout.readline().strip() == "locked"
         result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs",
-                     "1", *TINY)
+                     "2", "--stop_after", "1", *TINY)
         assert_one_line_error(result, f"'{folder}' is being written by another run (pid {holder.pid}: python "
                                       "train.py --obj leather (the first run))")
     finally:
         holder.kill()  # as kill -9: no clean-up code runs
         holder.wait()
-    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs", "1",
-                 *TINY)
+    result = run("train.py", "--obj", "leather", "--data_path", data_root, "--save_dir", save_dir, "--epochs", "2",
+                 "--stop_after", "1", *TINY)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "leather_2_rotation_scale_model.pt",
                                                         "train_log.json"]  # the lock file is gone too

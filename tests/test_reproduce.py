@@ -97,12 +97,9 @@ def test_a_rerun_runs_nothing(sequential, clone, tiny):
     assert numbers(json.loads((work / "again.json").read_text())["cells"]) == numbers(table["cells"])
 
 
-def test_every_category_with_a_paper_number_gets_it(clone, data_root, tmp_path):
-    """A folder named like MVTec AD's 15 categories and MPDD's metal_plate: the table (nothing run) carries the
-    paper's and the released implementation's numbers for each MVTec category, K and metric; metal_plate none."""
-    paper = read_paper_numbers()
-    names = sorted({c for d, c, _ in paper if d == "mvtec" and c != "mean"}) + ["metal_plate"]
-    image = sorted((data_root / "bottle" / "train" / "good").iterdir())[0]
+def table_of_named_folders(clone, source, names, tmp_path):
+    """The --table_only table (nothing run) of a folder with one category per name, each one image of source."""
+    image = sorted((source / "train" / "good").iterdir())[0]
     for name in names:
         for folder in ("train/good", "test/good"):
             (tmp_path / "data" / name / folder).mkdir(parents=True)
@@ -110,7 +107,15 @@ def test_every_category_with_a_paper_number_gets_it(clone, data_root, tmp_path):
     done = reproduce(clone, "--data_path", tmp_path / "data", "--table_only", "--out", tmp_path / "table",
                      "--runs_dir", tmp_path / "runs", "--save_dir", tmp_path / "ckpt")
     assert done.returncode == 0, done.stderr[-3000:]
-    markdown = (tmp_path / "table.md").read_text()
+    return (tmp_path / "table.md").read_text()
+
+
+def test_every_category_with_a_paper_number_gets_it(clone, data_root, tmp_path):
+    """A folder named like MVTec AD's 15 categories and MPDD's metal_plate: the table (nothing run) carries the
+    paper's and the released implementation's numbers for each MVTec category, K and metric; metal_plate none."""
+    paper = read_paper_numbers()
+    names = sorted({c for d, c, _ in paper if d == "mvtec" and c != "mean"}) + ["metal_plate"]
+    markdown = table_of_named_folders(clone, data_root / "bottle", names, tmp_path)
     assert len(names) == 16
     for metric, title in (("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC")):
         for k in (2, 4, 8):
@@ -246,15 +251,8 @@ def test_slurm_gets_one_array_job_per_run_with_one_gpu(tiny, monkeypatch):
 
 
 def test_an_mpdd_folder_gets_the_paper_mpdd_means(clone, data_root, tmp_path):
-    image = sorted((data_root / "metal_plate" / "train" / "good").iterdir())[0]
-    for name in ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"):
-        for folder in ("train/good", "test/good"):
-            (tmp_path / "mpdd" / name / folder).mkdir(parents=True)
-            shutil.copyfile(image, tmp_path / "mpdd" / name / folder / image.name)
-    done = reproduce(clone, "--data_path", tmp_path / "mpdd", "--table_only", "--out", tmp_path / "table",
-                     "--runs_dir", tmp_path / "runs", "--save_dir", tmp_path / "ckpt")
-    assert done.returncode == 0, done.stderr[-3000:]
-    markdown = (tmp_path / "table.md").read_text()
+    names = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
+    markdown = table_of_named_folders(clone, data_root / "metal_plate", names, tmp_path)
     for title, k, mean in (("Image AUROC", 2, 63.4), ("Pixel AUROC", 8, 95.1)):
         section = markdown.split(f"## {title}, K = {k}\n")[1].split("\n## ")[0]
         assert f"The paper's mean over the 6 MPDD categories: {mean:.1f}." in section

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
+from utils.io import missing_folders
 from utils.precision import strict_fp32
 
 
@@ -79,7 +80,7 @@ def check_writable_dir(folder):
     empty folders): missing folders are created to prove it can be done, then removed; atomic writes create
     them again when there is something to write."""
     folder = Path(folder)
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    missing = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -132,6 +132,11 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def missing_folders(folder):
+    """The folders that creating folder would create, deepest first: what to remove again if it stays empty."""
+    return [p for p in [Path(folder), *Path(folder).parents] if not p.exists()]
+
+
 LOCK_NAME = ".run.lock"
 _locks = []  # (open lock file, folder, folders created for it) held by this process
 
@@ -141,7 +146,7 @@ def lock_folder(folder, holder):
     command) is what a second run is told. An flock: the kernel releases it when the process ends, also when it
     is killed, so a lock is never left stuck."""
     folder = Path(folder)
-    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    created = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     while True:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from datasets.mvtec import discover_categories, get_category
-from datasets.support_set import support_sets_for, support_source
+from datasets.support_set import read_support_sets, support_source
 from models.checkpoint import find_checkpoint, load_model, resolve_checkpoint
 from models.config import ModelConfig
 from scoring.evaluation import METRICS, STD_DDOF, evaluate, load_test_data
@@ -82,7 +82,7 @@ def plan(args, options):
                 continue
             ckpt = checkpoint_for(args, category.name, shot)
             config, meta, _ = resolve_checkpoint(ckpt, options)
-            if category.name in meta.get("train_categories", []) and not args.allow_target_in_training:
+            if trained_on(meta, category.name) and not args.allow_target_in_training:
                 raise UserError(f"checkpoint '{ckpt}' was trained on {category.name} itself (its training "
                                 f"categories: {', '.join(meta['train_categories'])}), so it is not a few-shot result; "
                                 "use a checkpoint trained without it, or --allow_target_in_training to score it "
@@ -117,6 +117,11 @@ def check_report_free(out, overwrite):
         raise UserError(f"'{existing[0]}' holds an earlier report; pass --overwrite to replace it, or another --out")
 
 
+def trained_on(meta, target):
+    """Whether a checkpoint saw the target in training (leakage: not a few-shot result)."""
+    return target in meta.get("train_categories", [])
+
+
 def too_large(category, shot):
     return f"K={shot} is larger than the {len(category.train_images)} normal training images of {category.name}"
 
@@ -140,10 +145,11 @@ def run(args):
     for category, _, _, config in jobs:
         if (category.name, config.img_size) not in tests:
             tests[(category.name, config.img_size)] = load_test_data(category, config.img_size)
-    supports = [support_sets_for(category, shot, args.rounds, args.seed, args.dataset, config.img_size,
-                                 explicit=args.support_set, root=ROOT) for category, shot, _, config in jobs]
-    sources = [support_source(category, shot, args.rounds, args.seed, args.dataset, args.support_set, ROOT)[1]
-               for category, shot, _, _ in jobs]
+    found = [support_source(category, shot, args.rounds, args.seed, args.dataset, args.support_set, ROOT)
+             for category, shot, _, _ in jobs]
+    supports = [read_support_sets(path, category, shot, args.rounds, args.seed, config.img_size)
+                for (category, shot, _, config), (path, _) in zip(jobs, found)]
+    sources = [description for _, description in found]
     report = {"command": command_line(), "code_version": code_version(), "device": str(device),
               "data_path": str(args.data_path), "dataset": args.dataset, "rounds": args.rounds, "seed": args.seed,
               "method": args.method, "torch": torch.__version__, "std_ddof": STD_DDOF, "results": {},
@@ -159,7 +165,7 @@ def run(args):
             if len(support) > 1 and all(torch.equal(s, support[0]) for s in support[1:]):
                 notes.append(f"all {len(support)} support sets are the same images (the normal pool holds only K): "
                              "one measurement repeated, no spread")
-            if category.name in meta.get("train_categories", []):
+            if trained_on(meta, category.name):
                 notes.append(f"LEAKAGE: {category.name} was among the checkpoint's training categories")
             for note in notes:
                 print(f"note: {note}")
@@ -193,7 +199,7 @@ def spread_line(summary):
 
 
 def protocol_label(meta, method, target):
-    if target in meta.get("train_categories", []):
+    if trained_on(meta, target):
         return (f"LEAKAGE: the checkpoint was trained on {target} itself (--allow_target_in_training); "
                 "not a few-shot result")
     if method == "patchcore":

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets.mvtec import discover_categories, get_category, load_images
 from datasets.sampler import PairSampler
-from datasets.support_set import support_sets_for, support_source
+from datasets.support_set import read_support_sets, support_source
 from models.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.regad import RegAD
@@ -278,9 +278,8 @@ class SelectOnTest:
               "its figures are optimistic and are saved separately with selected_on_test=True")
         self.device, self.best, self.curve = device, None, []
         self.test = load_test_data(target, args.img_size)
-        self.supports = support_sets_for(target, args.shot, args.rounds, args.seed, args.dataset,
-                                         args.img_size, root=ROOT)
-        self.source = support_source(target, args.shot, args.rounds, args.seed, args.dataset, root=ROOT)[1]
+        path, self.source = support_source(target, args.shot, args.rounds, args.seed, args.dataset, root=ROOT)
+        self.supports = read_support_sets(path, target, args.shot, args.rounds, args.seed, args.img_size)
         print(f"test-set evaluations on {self.source}")
         self.path = checkpoint_path(args.save_dir, args.backbone, args.stn_mode, args.shot, args.obj,
                                     selected_on_test=True)

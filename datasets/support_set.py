@@ -103,6 +103,11 @@ def relative(path, root):
 def support_sets_for(category, shot, rounds, seed, dataset, img_size, explicit=None, root=REPO_ROOT):
     """The support sets a run is scored on (support_source says which)."""
     path, _ = support_source(category, shot, rounds, seed, dataset, explicit, root)
+    return read_support_sets(path, category, shot, rounds, seed, img_size)
+
+
+def read_support_sets(path, category, shot, rounds, seed, img_size):
+    """The sets of a path that support_source found, or, for None, those generated from seed."""
     if path is None:
         sets = generate_support_sets([p.name for p in category.train_images], shot, rounds, seed, category.name)
         return decode_sets(sets, category, img_size)

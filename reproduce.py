@@ -425,6 +425,7 @@ def learning_curves(args, cells, paper):
             points = {p["epoch"]: p for p in meta.get("test_curve", [])}
             points[meta["epoch"]] = {"epoch": meta["epoch"], **result["summary"]}  # the honest last epoch
             free = cells["registration_free"][target][k]
+            selected = cells["regad_selected"][target][k]
             panels.append({
                 "title": f"{target} K={k} (epoch {meta['epoch']}/{meta['epochs']})",
                 "epochs": sorted(points),
@@ -432,7 +433,8 @@ def learning_curves(args, cells, paper):
                           for m in METRICS},
                 "loss": ([h["epoch"] for h in meta["history"]], [h["train_loss"] for h in meta["history"]]),
                 "free": {m: mean_pct(free, m) for m in METRICS} if "not_run" not in free else {},
-                "paper": {m: paper_value(paper, target, int(k), m, "paper") for m in METRICS}})
+                "paper": {m: paper_value(paper, target, int(k), m, "paper") for m in METRICS},
+                "chosen": None if "not_run" in selected else selected.get("meta", {}).get("epoch")})
     return panels
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, copy_category
 from utils.comparison import comparison_table
-from utils.figures import save_learning_curves
+from utils.figures import learning_curves, plt, save_learning_curves
 from utils.paper import read_paper_numbers
 
 TINY = ["--backbone", "efficientnet_lite0", "--shots", "2", "--rounds", "1", "--epochs", "3", "--img_size", "64",
@@ -195,6 +195,18 @@ def test_learning_curves_are_a_grid_with_reference_lines(tmp_path):
              "paper": {"image_auroc": 99.4, "pixel_auroc": None}}
     save_learning_curves(tmp_path / "curves.png", [panel] * 6)
     assert Image.open(tmp_path / "curves.png").size == (1600, 640)  # 4 panels a row, 2 rows
+
+
+def test_learning_curves_show_whole_epochs_a_single_epochs_loss_and_the_chosen_epoch():
+    panel = {"title": "t", "epochs": [0, 1], "auroc": {"image_auroc": [90, 91], "pixel_auroc": [95, 96]},
+             "loss": ([1], [-0.04]), "free": {}, "paper": {}, "chosen": 0}
+    fig = learning_curves([panel])
+    auroc, loss = fig.axes[:2]
+    low, high = auroc.get_xlim()
+    assert [t for t in auroc.get_xticks() if low <= t <= high] == [0, 1]
+    assert loss.lines[0].get_marker() not in ("None", "", None)  # one epoch's loss is a visible point
+    assert [list(line.get_xdata()) for line in auroc.lines if line.get_label() == "paper protocol's choice"] == [[0, 0]]
+    plt.close(fig)
 
 
 def test_the_table_is_rebuilt_from_the_results_alone(sequential, clone, tiny, tmp_path):

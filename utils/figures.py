@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils.io import atomic_write_bytes  # noqa: E402
 
@@ -55,12 +56,19 @@ def save_test_figures(folder, test, maps, scores):
 
 
 def save_learning_curves(path, panels):
-    """A grid, one panel per trained (target, K): test image and pixel AUROC of every evaluated epoch (solid), the
-    registration-free level (dashed) and the paper's number (dotted) in the same colours, the training loss on
-    the right axis (grey). panels: dicts with title, epochs, auroc {metric: [%]}, loss ([epochs], [losses]),
-    free {metric: %}, paper {metric: % or None}. Nothing is written without panels."""
+    """learning_curves(panels) written to path; nothing is written without panels."""
     if not panels:
         return None
+    save_plot(learning_curves(panels), path)
+    return path
+
+
+def learning_curves(panels):
+    """A grid, one panel per trained (target, K): test image and pixel AUROC of every evaluated epoch (solid), the
+    registration-free level (dashed) and the paper's number (dotted) in the same colours, the training loss on
+    the right axis (grey), the epoch the paper protocol chose on the test set (vertical). panels: dicts with title,
+    epochs, auroc {metric: [%]}, loss ([epochs], [losses]), free {metric: %}, paper {metric: % or None} and
+    optionally chosen (an epoch or None)."""
     columns = min(len(panels), 4)
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
@@ -75,9 +83,12 @@ def save_learning_curves(path, panels):
                 ax.axhline(panel["free"][metric], color=colour, ls="--", lw=1, label=f"{label}, registration-free")
             if panel["paper"].get(metric) is not None:
                 ax.axhline(panel["paper"][metric], color=colour, ls=":", lw=1.5, label=f"{label}, paper")
+        if panel.get("chosen") is not None:
+            ax.axvline(panel["chosen"], color="black", ls="-.", lw=0.8, label="paper protocol's choice")
         loss = ax.twinx()
-        loss.plot(*panel["loss"], color="grey", lw=1)
+        loss.plot(*panel["loss"], ".-", ms=4, color="grey", lw=1)  # the marker shows a single epoch's loss too
         loss.tick_params(axis="y", colors="grey", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.set_title(panel["title"], fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("test AUROC (%)", fontsize=8)
@@ -88,9 +99,8 @@ def save_learning_curves(path, panels):
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    legend["training loss (right axis)"] = plt.Line2D([], [], color="grey")
+    legend["training loss (right axis)"] = plt.Line2D([], [], color="grey", marker=".", ms=4)
     ncol = 2 if columns == 1 else 4
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.2 * (-(-len(legend) // ncol) + 0.5) / (3.2 * rows), 1, 1))  # 0.2 inch a line
-    save_plot(fig, path)
-    return path
+    return fig

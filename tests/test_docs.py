@@ -17,3 +17,23 @@ def test_no_machine_paths_or_development_words(path):
         assert absolute not in text, f"{path.name} holds the absolute path {absolute}"
     found = WORDS.findall(text)
     assert not found, f"{path.name} speaks of the development environment: {sorted(set(found))}"
+
+
+def table_after(text, heading):
+    """The rows of the first Markdown table after the line `heading`."""
+    lines = text.splitlines()
+    start = lines.index(heading) + 1
+    while not lines[start].startswith("|"):
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("title", ["Image AUROC, K = 2", "Pixel AUROC, K = 2"])
+def test_readme_results_are_the_results_files_tables(title):
+    """The README's ResNet-18 tables are copied by hand at every rebuild: they must be the file's, cell for cell."""
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "results" / "mvtec-mini_resnet18.md").read_text()
+    assert table_after(readme, f"**{title}**") == table_after(results, f"## {title}")

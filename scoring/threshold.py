@@ -16,7 +16,6 @@ from scoring.maps import image_scores
 MIN_SUPPORT = 4       # below it the threshold rests on too few independent images: a warning
 BOOTSTRAP = 2000      # resamples of the held-out images for the interval
 INTERVAL = (5, 95)    # percentiles of the bootstrap distribution of the threshold
-AUGMENTATIONS = 22    # scoring.augment.augment_support's variants per image
 
 
 def leave_one_out(scorer, support):

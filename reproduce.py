@@ -345,6 +345,12 @@ def mean_pct(result, metric):
     return None if summary is None else 100 * summary["mean"]
 
 
+def stopped_early(result):
+    """A training halted before its schedule's end (--stop_after): its cells and the legend say so."""
+    meta = result.get("meta", {})
+    return meta.get("epoch", 0) < meta.get("epochs", 0)
+
+
 def cell_text(result, metric, method):
     if "not_run" in result:
         return "not run"
@@ -355,7 +361,7 @@ def cell_text(result, metric, method):
     meta = result.get("meta", {})
     if method == "regad_selected":
         return f"{text} ({meta.get('epoch')})"
-    if method in ("regad", "patchcore_trained") and meta.get("epoch", 0) < meta.get("epochs", 0):
+    if method in ("regad", "patchcore_trained") and stopped_early(result):
         return f"{text} (ep {meta['epoch']}/{meta['epochs']})"
     return text
 
@@ -385,8 +391,10 @@ def markdown(args, runner, cells, paper, hardware):
                 for dataset, count, value in published_means(paper, targets, k, metric, "paper"):
                     lines += [f"The paper's mean over the {count} {dataset} categories: {value:.1f}."]
             lines.append("")
-    lines += ["## Columns", ""] + [f"- `{METHODS[m]}`: {d}." for m, d in DESCRIPTIONS.items()] + [
-        "- `(ep N/E)`: trained N epochs of an E-epoch schedule so far (SHORT TRAINING).", ""]
+    lines += ["## Columns", ""] + [f"- `{METHODS[m]}`: {d}." for m, d in DESCRIPTIONS.items()]
+    if any(stopped_early(r) for per in cells["regad"].values() for r in per.values()):
+        lines.append("- `(ep N/E)`: trained N epochs of an E-epoch schedule so far (SHORT TRAINING).")
+    lines.append("")
     lines += ["## Setting", "", settings_line(args, runner, cells), f"Hardware: {hardware}; code {code_version()}.",
               "", "## Cells not run", ""]
     lines += sorted({f"- {METHODS[m]}, {t} K={k}: {r['not_run']}" for m in METHODS for t, per in cells[m].items()

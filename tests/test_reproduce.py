@@ -84,6 +84,7 @@ def test_a_fresh_clone_makes_every_cell_beside_the_paper_numbers(sequential):
     assert trained["summary"] != table["cells"]["patchcore"]["bottle"]["2"]["summary"]
     assert "| bottle | 99.4 | 99.7 |" in markdown.split("## Image AUROC, K = 2")[1].split("##")[0]
     assert "| bottle | 98.0 | 98.6 |" in markdown.split("## Pixel AUROC, K = 2")[1].split("##")[0]
+    assert "(ep " not in markdown and "SHORT TRAINING" not in markdown  # the 3-epoch schedule ran to its end
     assert any(c.startswith("python train.py --obj bottle --shot 2") and "--select_on_test" in c
                for c in table["commands"])
     assert any("--method patchcore" in c and "bottle_2_rotation_scale_model.pt" in c for c in table["commands"])

@@ -50,9 +50,11 @@ The device tool's run, from the checkout the GPU session sends, after --pack the
 Time, measured on an H100 (results/gpu_h100.md): steps (1)-(2) take ~100 s; a K=2 run of 50 epochs ~6 min
 (1.9 s of training + 3.7 s of test-set evaluation per epoch, plus ~60 s); K=4 and K=8 take longer (guessed
 9 and 14 s per epoch). A task's 15 minutes of device time, a machine's start included, hold one or two runs:
-the table needs its 17 runs over several GPU sessions, each going on from the committed state. Steps (1)-(2) are
-done (results/gpu_h100.md: 10 CUDA tests passed, the speed figures) and the committed bench/gpu_programme_state.json
-says so, so a later GPU session starts at the trainings with the second kind of call. This is the development
+the table needs its 17 runs over several GPU sessions, each going on from the committed state. The 11 runs the
+committed table lacks (K = 4 and 8) go first: its K = 2 runs were trained to 50 epochs on the CPU (plan_runs).
+Steps (1)-(2) are done (results/gpu_h100.md: 10 CUDA tests passed, the speed figures) and the committed
+bench/gpu_programme_state.json says so, so a later GPU session starts at the trainings with the second kind of
+call. This is the development
 environment's driver for its lent GPU; a user with GPUs runs reproduce.py (--launcher local or slurm).
 """
 import argparse
@@ -243,6 +245,19 @@ def extract(archive, folders, keep=()):
     return kept
 
 
+def committed_runs(table, epochs):
+    """(target, K) whose honest RegAD cell in a committed reproduce.py table ran the whole schedule."""
+    if not table.is_file():
+        return set()
+    have = set()
+    for target, per_k in json.loads(table.read_text())["cells"]["regad"].items():
+        for k, result in per_k.items():
+            meta = result.get("meta", {})
+            if meta.get("epoch") == meta.get("epochs") == epochs:
+                have.add((target, int(k)))
+    return have
+
+
 class Programme:
     def __init__(self, root, work, out, cfg, args):
         self.root, self.work, self.out, self.cfg, self.args = root, work, out, cfg, args
@@ -369,7 +384,10 @@ class Programme:
         print(f"precision {choice} ({why})")
 
     def plan_runs(self):
-        """Every (target with a test split, K <= its normal images), K = 2 first; kept in the state."""
+        """Every (target with a test split, K <= its normal images), kept in the state. Device time goes first to
+        a run part-trained on this machine (lost when the machine goes back), then to the runs the committed
+        table lacks at its whole schedule, last to those it has (trained on the CPU): the GPU only repeats them.
+        Otherwise in the state's order, K = 2 before 4 before 8."""
         from datasets.mvtec import discover_categories
         categories = discover_categories(self.root.parent / "shared" / "data" / self.cfg["dataset"])
         for k in self.cfg["shots"]:
@@ -377,7 +395,10 @@ class Programme:
                 if category.has_test and k <= len(category.train_images):
                     self.state["runs"].setdefault(f"{name} k{k}", {"target": name, "shot": k, "epoch": 0,
                                                                    "status": "todo"})
-        return [run for run in self.state["runs"].values() if run["status"] != "done"]
+        have = committed_runs(self.root / "results" / f"{self.cfg['dataset']}_resnet18.json", self.cfg["epochs"])
+        todo = [run for run in self.state["runs"].values() if run["status"] != "done"]
+        return sorted(todo, key=lambda run: (not (self.checkpoints(run)[0] / "last.pt").is_file(),
+                                             (run["target"], run["shot"]) in have))
 
     def checkpoints(self, run):
         from models.checkpoint import checkpoint_path

@@ -181,3 +181,25 @@ def test_a_tag_that_is_no_folder_name_is_refused_in_one_line(data_root, tmp_path
                          text=True, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--tag '../gpu'" in bad.stderr
     assert not (tmp_path / "table.json").exists()
+
+
+def test_device_time_goes_first_to_the_runs_the_committed_table_lacks(data_root, tmp_path):
+    """A run part-trained on this machine first (lost when it goes back), then the runs the committed table
+    lacks at its whole schedule (a run stopped at 45 of 50 counts as lacking), last those it has."""
+    root = tmp_path / "repo"
+    (root / "results").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(data_root.parents[1])
+    cells = {"bottle": {"2": {"meta": {"epoch": 50, "epochs": 50}}, "4": {"not_run": "not trained"}},
+             "pill": {"2": {"meta": {"epoch": 45, "epochs": 50}}},
+             "screw": {"8": {"meta": {"epoch": 50, "epochs": 50}}}}
+    (root / "results" / "mvtec-mini_resnet18.json").write_text(json.dumps({"cells": {"regad": cells}}))
+    args = gpu_programme.parse_args(["--restore", str(tmp_path / "none.tar.gz")])
+    programme = gpu_programme.Programme(root, tmp_path / "work", tmp_path / "out", gpu_programme.GPU, args)
+    programme.state["precision"] = "fp32"
+    last = programme.checkpoints({"target": "pill", "shot": 8})[0] / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.touch()
+    order = [f"{run['target']} k{run['shot']}" for run in programme.plan_runs()]
+    targets = ["bottle", "leather", "metal_plate", "pill", "screw", "transistor"]
+    assert order == (["pill k8"] + [f"{t} k2" for t in targets[1:]] + [f"{t} k4" for t in targets]
+                     + ["bottle k8", "metal_plate k8", "transistor k8", "bottle k2", "screw k8"])

@@ -54,8 +54,8 @@ the table needs its 17 runs over several GPU sessions, each going on from the co
 committed table lacks (K = 4 and 8) go first: its K = 2 runs were trained to 50 epochs on the CPU (plan_runs).
 Steps (1)-(2) are done (results/gpu_h100.md: 10 CUDA tests passed, the speed figures) and the committed
 bench/gpu_programme_state.json says so, so a later GPU session starts at the trainings with the second kind of
-call. This is the development
-environment's driver for its lent GPU; a user with GPUs runs reproduce.py (--launcher local or slurm).
+call. This is the development environment's driver for its lent GPU; a user with GPUs runs reproduce.py
+(--launcher local or slurm).
 """
 import argparse
 import json

@@ -264,7 +264,8 @@ class Programme:
         self.started, self.python = time.time(), sys.executable
         self.data = f"../shared/data/{cfg['dataset']}"
         self.weights = f"../shared/weights/{WEIGHTS}"
-        self.runs_dir = root / "results" / "runs" / f"{cfg['dataset']}_resnet18"
+        self.name = f"{cfg['dataset']}_resnet18"  # reproduce.py's: results/<name>.json, runs/<name>/, checkpoints
+        self.runs_dir = root / "results" / "runs" / self.name
         (work / "logs").mkdir(parents=True, exist_ok=True)
         state_file, settings = work / "state.json", "dry_run" if args.dry_run else "gpu"
         restore, committed = root / args.restore, root / STATE
@@ -395,7 +396,7 @@ class Programme:
                 if category.has_test and k <= len(category.train_images):
                     self.state["runs"].setdefault(f"{name} k{k}", {"target": name, "shot": k, "epoch": 0,
                                                                    "status": "todo"})
-        have = committed_runs(self.root / "results" / f"{self.cfg['dataset']}_resnet18.json", self.cfg["epochs"])
+        have = committed_runs(self.root / "results" / f"{self.name}.json", self.cfg["epochs"])
         todo = [run for run in self.state["runs"].values() if run["status"] != "done"]
         return sorted(todo, key=lambda run: (not (self.checkpoints(run)[0] / "last.pt").is_file(),
                                              (run["target"], run["shot"]) in have))
@@ -404,7 +405,7 @@ class Programme:
         from models.checkpoint import checkpoint_path
         from models.config import ModelConfig
         training = f"e{self.cfg['epochs']}_{self.state['precision']}_{TAG}"  # reproduce.py's name of the run
-        save_dir = self.root / "save_checkpoints" / f"{self.cfg['dataset']}_resnet18_{training}"
+        save_dir = self.root / "save_checkpoints" / f"{self.name}_{training}"
         return checkpoint_path(save_dir, "resnet18", ModelConfig.stn_mode, run["shot"], run["target"]).parent, training
 
     def trained(self, run):
